@@ -1,0 +1,1 @@
+//! Firmware discovery for nixdisk's builder VM: OVMF and SeaBIOS.

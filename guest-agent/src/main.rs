@@ -1,0 +1,3 @@
+//! The guest agent: PID 1 of nixdisk's builder VM.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! The host-guest protocol: versioned hello, length-prefixed frames, requests, responses, events, bulk streams.

@@ -1,0 +1,1 @@
+//! Conversion of the raw image to the output format with qemu-img.

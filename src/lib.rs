@@ -1,0 +1,22 @@
+//! nixdisk builds disk images of NixOS systems.
+//!
+//! The data flows in one direction, and the modules follow it:
+//! [`spec`] -> [`closure`] -> [`sizing`] -> [`layout`] -> [`builder_vm`]
+//! (with [`kernel`], [`initramfs`], [`qemu`], [`transport`]) -> agent steps ->
+//! image -> [`convert`] -> [`output`]. Store-only images take the short way
+//! through [`store_image`] with no VM.
+
+pub mod builder_vm;
+pub mod cli;
+pub mod closure;
+pub mod convert;
+pub mod initramfs;
+pub mod kernel;
+pub mod layout;
+pub mod output;
+pub mod progress;
+pub mod qemu;
+pub mod sizing;
+pub mod spec;
+pub mod store_image;
+pub mod transport;

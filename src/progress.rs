@@ -1,0 +1,1 @@
+//! Progress bars and tracing setup shared by the commands.

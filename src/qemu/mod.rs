@@ -1,0 +1,1 @@
+//! QEMU: the pure command-line builder, the supervised process, and QMP.
