@@ -53,12 +53,14 @@ pub enum SpecError {
     },
 
     /// A field holds a value of the wrong type or shape.
-    #[error("field `{field}`: {message}")]
+    #[error("field `{field}`: {message}{}", hint_line(.hint))]
     WrongType {
         /// Path of the field, such as `memSize` or `contents[0].mode`.
         field: String,
         /// What the deserializer expected and found.
         message: String,
+        /// What to try instead.
+        hint: Option<String>,
     },
 
     /// A field holds a value that is well-typed but not allowed.

@@ -69,10 +69,33 @@ pub fn spec_from_object(mut object: Map<String, Value>) -> Result<ImageSpec, Spe
     }
     serde_path_to_error::deserialize(Value::Object(object)).map_err(|error| {
         let field = error.path().to_string();
+        let message = in_json_words(&error.into_inner().to_string());
+        let hint = (field.ends_with(".mode") && message.contains("integer"))
+            .then(|| "write modes as strings, such as \"0644\"".to_owned());
         SpecError::WrongType {
             field,
-            message: error.into_inner().to_string(),
+            message,
+            hint,
         }
+    })
+}
+
+/// serde's message in JSON's words: `u64` is "a whole number", a map is an
+/// object, a sequence is an array.
+fn in_json_words(message: &str) -> String {
+    const WORDS: [(&str, &str); 6] = [
+        ("expected u64", "expected a whole number"),
+        (
+            "expected struct ContentEntry",
+            "expected an object with \"source\" and \"target\"",
+        ),
+        ("expected path string", "expected a path string"),
+        ("map", "object"),
+        ("a sequence", "an array"),
+        ("sequence", "array"),
+    ];
+    WORDS.iter().fold(message.to_owned(), |text, (from, to)| {
+        text.replace(from, to)
     })
 }
 
@@ -257,6 +280,24 @@ mod tests {
                 other => panic!("{text}: unexpected {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn type_messages_speak_json() {
+        let text = parse(r#"{"memSize": "lots"}"#).unwrap_err().to_string();
+        assert_eq!(
+            text,
+            "field `memSize`: invalid type: string \"lots\", expected a whole number"
+        );
+        let text = parse(r#"{"contents": {"a": 1}}"#).unwrap_err().to_string();
+        assert_eq!(
+            text,
+            "field `contents`: invalid type: object, expected an array"
+        );
+        let text = parse(r#"{"contents": [{"source": "/a", "target": "/b", "mode": 644}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("hint: write modes as strings"), "{text}");
     }
 
     #[test]
