@@ -2,20 +2,29 @@
 //! assertions, plus the limits of the file systems and layouts nixdisk makes.
 //!
 //! Pure: nothing here touches the file system (see `paths` for that). The
-//! first broken rule is reported, in the order the fields are declared.
+//! first broken rule is reported; the rules run in a fixed order.
+
+mod contents;
+mod names;
+#[cfg(test)]
+mod tests;
+
+pub use names::max_label_bytes;
 
 use serde::Serialize;
 
-use super::{
-    ByteSize, ContentEntry, DiskSize, FsType, ImageSpec, MIB, PartitionTableType, SpecError,
-};
+use super::{ByteSize, DiskSize, ImageSpec, MIB, PartitionTableType, SpecError};
+use contents::check_contents;
+use names::{check_base_name, check_label, check_name, check_uuids};
 
-/// Smallest builder VM memory, in MiB: a NixOS activation needs this much.
+/// Smallest builder VM memory accepted, in MiB (make-disk-image's default is
+/// 1024); below it a kernel, the agent and an activation have little room.
 pub const MIN_MEM_SIZE: u64 = 256;
 /// Largest builder VM memory, in MiB (1 TiB): beyond it is surely a unit slip.
 pub const MAX_MEM_SIZE: u64 = 1024 * 1024;
-/// Smallest boot partition (ESP or XBOOTLDR): room for a kernel and initrd
-/// would need more, but make-disk-image allows this small.
+/// Smallest boot partition (ESP or XBOOTLDR) accepted: `mkfs.vfat -F 32`
+/// still makes a FAT this small (with a warning). Kernels need more room;
+/// that is for the user to size.
 pub const MIN_BOOT_PARTITION: u64 = 8 * MIB;
 
 /// Checks every rule; `Ok` means the spec can be handed to the build.
@@ -46,19 +55,6 @@ pub fn boot_partition_start(layout: PartitionTableType) -> Option<ByteSize> {
         PartitionTableType::Legacy | PartitionTableType::LegacyGpt | PartitionTableType::None => {
             None
         }
-    }
-}
-
-/// The longest label, in bytes, each file system takes; `None`: no label.
-pub fn max_label_bytes(fs: FsType) -> Option<usize> {
-    match fs {
-        FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => Some(16),
-        FsType::Vfat => Some(11),
-        FsType::Xfs => Some(12),
-        FsType::Btrfs => Some(255),
-        // mkfs.erofs keeps a NUL in its 16-byte volume name.
-        FsType::Erofs => Some(15),
-        FsType::Squashfs => None,
     }
 }
 
@@ -170,114 +166,6 @@ fn check_fs_type(spec: &ImageSpec) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn check_label(spec: &ImageSpec) -> Result<(), SpecError> {
-    let Some(label) = &spec.label else {
-        return Ok(());
-    };
-    if label.is_empty() {
-        return Err(invalid(
-            "label",
-            label,
-            "a non-empty label",
-            Some(
-                "remove `label` to get the default, \"nixos\" (\"nix-store\" with onlyNixStore)"
-                    .into(),
-            ),
-        ));
-    }
-    if label.chars().any(char::is_control) || label.contains('/') {
-        return Err(invalid(
-            "label",
-            label,
-            "printable characters other than `/`",
-            None,
-        ));
-    }
-    if let Some(max) = max_label_bytes(spec.fs_type)
-        && label.len() > max
-    {
-        return Err(invalid(
-            "label",
-            label,
-            &format!(
-                "at most {max} bytes on {} (this one has {})",
-                spec.fs_type.as_str(),
-                label.len()
-            ),
-            Some(format!(
-                "shorten it, e.g. {}",
-                json(&truncate_to(label, max))
-            )),
-        ));
-    }
-    Ok(())
-}
-
-fn check_contents(spec: &ImageSpec) -> Result<(), SpecError> {
-    for (index, entry) in spec.contents.iter().enumerate() {
-        check_content_entry(&format!("contents[{index}]"), entry)?;
-    }
-    Ok(())
-}
-
-fn check_content_entry(at: &str, entry: &ContentEntry) -> Result<(), SpecError> {
-    if entry.source.is_empty() {
-        return Err(invalid(
-            &format!("{at}.source"),
-            &entry.source,
-            "a host path or glob",
-            None,
-        ));
-    }
-    let target = &entry.target;
-    if !target.starts_with('/') {
-        return Err(invalid(
-            &format!("{at}.target"),
-            target,
-            "an absolute path inside the image",
-            Some(format!("write \"/{}\"", target.trim_start_matches("./"))),
-        ));
-    }
-    if target.split('/').any(|part| part == "..") || target.contains('\0') {
-        return Err(invalid(
-            &format!("{at}.target"),
-            target,
-            "a path without `..` components: contents stay inside the image",
-            None,
-        ));
-    }
-    if let Some(mode) = &entry.mode
-        && !is_octal_mode(mode)
-    {
-        return Err(invalid(
-            &format!("{at}.mode"),
-            mode,
-            "an octal mode of 3 or 4 digits 0-7, such as \"0644\" or \"755\"",
-            None,
-        ));
-    }
-    let half_owner = |field: &str, value: &String, other: &str| SpecError::Conflict {
-        field: format!("{at}.{field}"),
-        value: json(value),
-        with: setting(&format!("{at}.{other}"), "null"),
-        reason: "set both `user` and `group`, or neither (as make-disk-image requires)",
-        hint: Some(format!(
-            "add \"{other}\": \"root\", or the {other} you mean"
-        )),
-    };
-    match (&entry.user, &entry.group) {
-        (Some(user), None) => Err(half_owner("user", user, "group")),
-        (None, Some(group)) => Err(half_owner("group", group, "user")),
-        (Some(user), Some(_)) if user.is_empty() => {
-            Err(invalid(&format!("{at}.user"), user, "a user name", None))
-        }
-        (Some(_), Some(group)) if group.is_empty() => {
-            Err(invalid(&format!("{at}.group"), group, "a group name", None))
-        }
-        _ => Ok(()),
-    }
-}
-
 fn check_mem_size(spec: &ImageSpec) -> Result<(), SpecError> {
     if !(MIN_MEM_SIZE..=MAX_MEM_SIZE).contains(&spec.mem_size) {
         return Err(invalid(
@@ -344,90 +232,6 @@ fn check_touch_efi_vars(spec: &ImageSpec) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn check_uuids(spec: &ImageSpec) -> Result<(), SpecError> {
-    check_uuid("rootGPUID", &spec.root_gpuid)?;
-    match (&spec.root_fsuid, spec.fs_type) {
-        // FAT has a 32-bit volume ID, written XXXX-XXXX.
-        (Some(id), FsType::Vfat) if is_fat_volume_id(id) => Ok(()),
-        (Some(id), _) => check_uuid("rootFSUID", id),
-        (None, _) => Ok(()),
-    }
-}
-
-fn check_uuid(field: &str, text: &str) -> Result<(), SpecError> {
-    let hint = Some("generate one with `uuidgen`".to_owned());
-    match uuid::Uuid::try_parse(text) {
-        Ok(id) if id.is_nil() => Err(invalid(
-            field,
-            &text,
-            "a UUID other than all zeros (GPT reads it as an unused entry)",
-            hint,
-        )),
-        Ok(_) if text.len() == 36 => Ok(()),
-        _ => Err(invalid(
-            field,
-            &text,
-            "a UUID written as 8-4-4-4-12 hex digits, such as \"F222513B-DED1-49FA-B591-20CE86A2FE7F\"",
-            hint,
-        )),
-    }
-}
-
-fn check_name(spec: &ImageSpec) -> Result<(), SpecError> {
-    let name = &spec.name;
-    // The Nix store's rules for names, as the wrapper makes a derivation of it.
-    let valid = !name.is_empty()
-        && name.len() <= 211
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-._?=".contains(c));
-    if !valid {
-        return Err(invalid(
-            "name",
-            name,
-            "a Nix store name: 1 to 211 of A-Z a-z 0-9 + - . _ ? =, not starting with `.`",
-            None,
-        ));
-    }
-    Ok(())
-}
-
-fn check_base_name(spec: &ImageSpec) -> Result<(), SpecError> {
-    let base = &spec.base_name;
-    if base.is_empty() || base.contains('/') || base.contains('\0') || base.starts_with('.') {
-        return Err(invalid(
-            "baseName",
-            base,
-            "a plain file name: not empty, no `/`, not starting with `.`",
-            Some("the image is written as <out>/<baseName>.<extension>, e.g. nixos.qcow2".into()),
-        ));
-    }
-    Ok(())
-}
-
-fn is_octal_mode(mode: &str) -> bool {
-    (3..=4).contains(&mode.len()) && mode.chars().all(|c| ('0'..='7').contains(&c))
-}
-
-fn is_fat_volume_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    bytes.len() == 9
-        && bytes[4] == b'-'
-        && bytes
-            .iter()
-            .enumerate()
-            .all(|(i, b)| i == 4 || b.is_ascii_hexdigit())
-}
-
-fn truncate_to(text: &str, max: usize) -> String {
-    let mut end = max.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
-}
-
 fn invalid<T: Serialize + ?Sized>(
     field: &str,
     value: &T,
@@ -451,6 +255,3 @@ fn setting(name: &str, value: impl AsRef<str>) -> String {
 fn json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "<unprintable>".to_owned())
 }
-
-#[cfg(test)]
-mod tests;

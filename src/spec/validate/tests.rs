@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::spec::{ContentEntry, FsType};
 
 /// A spec that passes: the defaults plus a system.
 fn valid() -> ImageSpec {
