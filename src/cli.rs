@@ -19,12 +19,25 @@ use serde_json::Map;
 use crate::progress::Verbosity;
 use crate::spec::{self, ImageSpec, SpecError};
 
+/// Examples, exit codes and environment, shown after the top-level help.
+const AFTER_HELP: &str = "\
+Examples:
+  nixdisk spec --defaults > image.json
+  nixdisk spec --check image.json --system /nix/store/...-nixos-system-...
+  nixdisk build --spec image.json --out result
+  nixdisk build --system /nix/store/...-nixos-system-... --partition-table efi --out result
+
+Exit status: 0 built; 1 the build failed; 2 bad input (spec, flags or paths), nothing done.
+
+Environment: NIXDISK_LOG=<filter> sets the log filter (e.g. `nixdisk=debug`), over -v and -q.";
+
 /// nixdisk builds disk images of NixOS systems: make-disk-image.nix, faster,
 /// exactly sized and reproducible.
 #[derive(Debug, Parser)]
-#[command(name = "nixdisk", version, propagate_version = true)]
+#[command(name = "nixdisk", version, propagate_version = true, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Say more: -v for debug logs, -vv for trace logs of nixdisk.
+    /// Say more: -v for debug logs, -vv for nixdisk's trace logs, -vvv for
+    /// every crate's.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
@@ -78,7 +91,8 @@ pub struct SpecArgs {
     pub defaults: bool,
 
     /// Check a spec file (`-` for standard input) with the flags laid over
-    /// it, and print the result as complete JSON.
+    /// it: every rule, and that the paths it names exist. Prints the result
+    /// as complete JSON.
     #[arg(long, value_name = "SPEC.json")]
     pub check: Option<PathBuf>,
 

@@ -71,7 +71,9 @@ pub struct ImageSpec {
     pub channel_source: Option<PathBuf>,
     /// More store paths to copy into the image's store and register.
     pub additional_paths: Vec<PathBuf>,
-    /// Run the system's bootloader installation.
+    /// Run the system's bootloader installation. make-disk-image forbids it
+    /// with `onlyNixStore`, so when a spec sets `onlyNixStore` and leaves this
+    /// out, parsing turns it off; written as true there, validation refuses it.
     pub install_boot_loader: bool,
     /// Let the bootloader installation write EFI variables (builds on OVMF and
     /// writes `efi-vars.fd` beside the image).

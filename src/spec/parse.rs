@@ -348,6 +348,36 @@ mod tests {
         assert_eq!(spec.systems.len(), 2);
     }
 
+    proptest::proptest! {
+        /// Whatever a spec holds, writing it as JSON and reading it back
+        /// gives the same spec: `spec --check` output is a valid input.
+        #[test]
+        fn specs_round_trip_through_json(
+            mem_size in 0u64..1 << 40,
+            disk_mib in proptest::option::of(0u64..1 << 30),
+            boot_bytes in 0u64..1 << 40,
+            layout in proptest::sample::select(PartitionTableType::ALL.to_vec()),
+            label in proptest::option::of("[ -~]{0,20}"),
+            only_nix_store: bool,
+            install_boot_loader: bool,
+            systems in proptest::collection::vec("/[a-z0-9./-]{1,30}", 0..3),
+        ) {
+            let spec = ImageSpec {
+                mem_size,
+                disk_size: disk_mib.map_or(DiskSize::Auto, |mib| DiskSize::Fixed(ByteSize::mib(mib))),
+                boot_size: ByteSize(boot_bytes),
+                partition_table_type: layout,
+                label,
+                only_nix_store,
+                install_boot_loader,
+                systems: systems.into_iter().map(Into::into).collect(),
+                ..ImageSpec::default()
+            };
+            let text = serde_json::to_string(&spec).unwrap();
+            proptest::prop_assert_eq!(parse(&text).unwrap(), spec);
+        }
+    }
+
     #[test]
     fn defaults_round_trip() {
         let text = serde_json::to_string_pretty(&ImageSpec::default()).unwrap();
