@@ -385,3 +385,37 @@ fn help_shows_every_default() {
         assert!(help.contains(shown), "{shown} missing in:\n{help}");
     }
 }
+
+#[test]
+fn logs_go_to_stderr_and_follow_verbosity() {
+    let s = Scratch::new();
+    let spec = s.spec("{}");
+    let system = s.system();
+    let check = |extra: &[&str], log: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nixdisk"));
+        command
+            .args([
+                "spec",
+                "--check",
+                path_str(&spec),
+                "--system",
+                path_str(&system),
+            ])
+            .args(extra)
+            .current_dir(s.dir.path())
+            .env_remove("NIXDISK_LOG");
+        if let Some(filter) = log {
+            command.env("NIXDISK_LOG", filter);
+        }
+        let output = command.output().expect("run nixdisk");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        // stdout stays pure JSON whatever the log level.
+        serde_json::from_slice::<Value>(&output.stdout).expect("JSON on stdout");
+        stderr
+    };
+    assert!(!check(&[], None).contains("spec checked"));
+    assert!(check(&["-v"], None).contains("spec checked"));
+    assert!(!check(&["-q"], None).contains("spec checked"));
+    assert!(check(&["-q"], Some("nixdisk=debug")).contains("spec checked"));
+}
