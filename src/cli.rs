@@ -146,9 +146,19 @@ pub struct CliError {
 }
 
 impl CliError {
-    fn bad_input(error: impl Into<anyhow::Error>) -> Self {
+    /// A failure of the input: the spec, a flag or a path (exit code 2).
+    pub fn bad_input(error: impl Into<anyhow::Error>) -> Self {
         CliError {
             failure: Failure::BadInput,
+            error: error.into(),
+            note: None,
+        }
+    }
+
+    /// A failure of the build itself (exit code 1).
+    pub fn build_failure(error: impl Into<anyhow::Error>) -> Self {
+        CliError {
+            failure: Failure::Build,
             error: error.into(),
             note: None,
         }
@@ -187,11 +197,7 @@ fn build(args: &BuildArgs) -> Result<(), CliError> {
     let spec = load_spec(args.spec.as_deref(), &args.flags)?;
     check_out_dir(&args.out).map_err(CliError::bad_input)?;
     tracing::info!(name = %spec.name, out = %args.out.display(), "building");
-    crate::build::run(&spec, &args.out).map_err(|error| CliError {
-        failure: Failure::Build,
-        error: error.into(),
-        note: None,
-    })
+    crate::build::run(&spec, &args.out).map_err(CliError::build_failure)
 }
 
 fn spec_command(args: &SpecArgs) -> Result<(), CliError> {
@@ -212,9 +218,10 @@ fn spec_command(args: &SpecArgs) -> Result<(), CliError> {
     }
 }
 
-/// Reads the spec file (if any), lays the flags over it, then parses,
-/// validates and checks its paths: everything that can be known before work.
-fn load_spec(path: Option<&Path>, flags: &SpecFlags) -> Result<ImageSpec, CliError> {
+/// Reads the spec file (if any, `-` for stdin), lays the flags over it, then
+/// parses, validates and checks its paths: everything that can be known
+/// before work. Every subcommand that takes a spec goes through here.
+pub fn load_spec(path: Option<&Path>, flags: &SpecFlags) -> Result<ImageSpec, CliError> {
     let base = match path {
         Some(path) => {
             let (text, origin) = read_spec_text(path).map_err(CliError::bad_input)?;
@@ -345,9 +352,17 @@ mod tests {
     }
 
     #[test]
-    fn exit_codes() {
+    fn exit_codes_and_reports() {
         let error = CliError::bad_input(anyhow::anyhow!("x"));
         assert_eq!(error.exit_code(), 2);
         assert_eq!(error.report(), "error: x\n");
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let mut error = CliError::build_failure(anyhow::Error::new(io).context("cannot copy"));
+        error.note = Some("see above".into());
+        assert_eq!(error.exit_code(), 1);
+        assert_eq!(
+            error.report(),
+            "error: cannot copy\n  caused by: gone\n  note: see above\n"
+        );
     }
 }
