@@ -6,6 +6,7 @@
 //! image -> [`convert`] -> [`output`]. Store-only images take the short way
 //! through [`store_image`] with no VM.
 
+pub mod build;
 pub mod builder_vm;
 pub mod cli;
 pub mod closure;

@@ -3,11 +3,25 @@
 //! The JSON field names are the argument names of nixpkgs'
 //! `nixos/lib/make-disk-image.nix`, so the Nix wrapper passes its arguments
 //! through unchanged. CLI flags override the same fields. Parsing and
-//! validation live in `parse`; this file holds the data and its defaults.
+//! validation live in `parse` and `validate`, the host path check in `paths`;
+//! this file holds the data and its defaults.
 
+mod error;
+mod parse;
+mod paths;
 mod size;
+mod validate;
 
+pub use error::SpecError;
+pub use parse::{
+    closest_name, known_content_fields, known_spec_fields, merge, parse_object, parse_spec,
+    spec_from_object,
+};
+pub use paths::check_paths;
 pub use size::{ByteSize, DiskSize, MIB, SizeError};
+pub use validate::{
+    MAX_MEM_SIZE, MIN_BOOT_PARTITION, MIN_MEM_SIZE, boot_partition_start, max_label_bytes, validate,
+};
 
 use std::path::PathBuf;
 
@@ -57,7 +71,9 @@ pub struct ImageSpec {
     pub channel_source: Option<PathBuf>,
     /// More store paths to copy into the image's store and register.
     pub additional_paths: Vec<PathBuf>,
-    /// Run the system's bootloader installation.
+    /// Run the system's bootloader installation. make-disk-image forbids it
+    /// with `onlyNixStore`, so when a spec sets `onlyNixStore` and leaves this
+    /// out, parsing turns it off; written as true there, validation refuses it.
     pub install_boot_loader: bool,
     /// Let the bootloader installation write EFI variables (builds on OVMF and
     /// writes `efi-vars.fd` beside the image).
