@@ -6,7 +6,7 @@
 
 mod flags;
 
-pub use flags::{FLAG_FIELDS, SpecFlags, flag_for_field, with_defaults};
+pub use flags::{FLAG_FIELDS, SpecFlags, SystemSourceFlags, flag_for_field, with_defaults};
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use serde_json::Map;
+use serde_json::{Map, Value};
 
 use crate::progress::Verbosity;
 use crate::spec::{self, ImageSpec, SpecError};
@@ -80,6 +80,10 @@ pub struct BuildArgs {
     /// Overrides of spec fields.
     #[command(flatten)]
     pub flags: SpecFlags,
+
+    /// The system from a flake or a Nix expression.
+    #[command(flatten)]
+    pub system_source: SystemSourceFlags,
 }
 
 /// `nixdisk spec`.
@@ -87,7 +91,7 @@ pub struct BuildArgs {
 #[group(id = "spec_action", required = true, multiple = false, args = ["defaults", "check"])]
 pub struct SpecArgs {
     /// Print the full default spec as JSON: a starting point for your own.
-    #[arg(long, conflicts_with = "SpecFlags")]
+    #[arg(long, conflicts_with_all = ["SpecFlags", "SystemSourceFlags"])]
     pub defaults: bool,
 
     /// Check a spec file (`-` for standard input) with the flags laid over
@@ -99,6 +103,10 @@ pub struct SpecArgs {
     /// Overrides of spec fields.
     #[command(flatten)]
     pub flags: SpecFlags,
+
+    /// The system from a flake or a Nix expression.
+    #[command(flatten)]
+    pub system_source: SystemSourceFlags,
 }
 
 impl Cli {
@@ -194,7 +202,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 fn build(args: &BuildArgs) -> Result<(), CliError> {
-    let spec = load_spec(args.spec.as_deref(), &args.flags)?;
+    let spec = load_spec_with_source(args.spec.as_deref(), &args.flags, &args.system_source)?;
     check_out_dir(&args.out).map_err(CliError::bad_input)?;
     tracing::info!(name = %spec.name, out = %args.out.display(), "building");
     crate::build::run(&spec, &args.out).map_err(CliError::build_failure)
@@ -202,7 +210,7 @@ fn build(args: &BuildArgs) -> Result<(), CliError> {
 
 fn spec_command(args: &SpecArgs) -> Result<(), CliError> {
     let spec = match &args.check {
-        Some(path) => load_spec(Some(path), &args.flags)?,
+        Some(path) => load_spec_with_source(Some(path), &args.flags, &args.system_source)?,
         None => ImageSpec::default(),
     };
     let text = serde_json::to_string_pretty(&spec)
@@ -222,13 +230,50 @@ fn spec_command(args: &SpecArgs) -> Result<(), CliError> {
 /// parses, validates and checks its paths: everything that can be known
 /// before work. Every subcommand that takes a spec goes through here.
 pub fn load_spec(path: Option<&Path>, flags: &SpecFlags) -> Result<ImageSpec, CliError> {
-    let base = match path {
+    check_spec(read_spec_object(path)?, flags)
+}
+
+/// [`load_spec`], with the system from `--flake` or `--system-expr` when one
+/// is given: the spec file is parsed first (a typo fails before a long
+/// evaluation), then Nix evaluates and builds the system, whose toplevel
+/// becomes `system` as if given with `--system`.
+pub fn load_spec_with_source(
+    path: Option<&Path>,
+    flags: &SpecFlags,
+    source: &SystemSourceFlags,
+) -> Result<ImageSpec, CliError> {
+    let Some(source) = source.source().map_err(CliError::bad_input)? else {
+        return load_spec(path, flags);
+    };
+    let base = read_spec_object(path)?;
+    spec::spec_from_object(base.clone()).map_err(CliError::bad_input)?;
+    let toplevel = crate::flake::resolve(&source).map_err(|error| {
+        if error.is_build_failure() {
+            CliError::build_failure(error)
+        } else {
+            CliError::bad_input(error)
+        }
+    })?;
+    let flags = SpecFlags {
+        system: vec![toplevel],
+        ..flags.clone()
+    };
+    check_spec(base, &flags)
+}
+
+/// The spec file's JSON object; empty without a file.
+fn read_spec_object(path: Option<&Path>) -> Result<Map<String, Value>, CliError> {
+    match path {
         Some(path) => {
             let (text, origin) = read_spec_text(path).map_err(CliError::bad_input)?;
-            spec::parse_object(&text, &origin).map_err(CliError::bad_input)?
+            spec::parse_object(&text, &origin).map_err(CliError::bad_input)
         }
-        None => Map::new(),
-    };
+        None => Ok(Map::new()),
+    }
+}
+
+/// Lays the flags over `base`, then parses, validates and checks paths.
+fn check_spec(base: Map<String, Value>, flags: &SpecFlags) -> Result<ImageSpec, CliError> {
     let overrides = flags
         .overrides()
         .context("cannot turn the flags into spec values")
@@ -331,7 +376,16 @@ mod tests {
             .find_subcommand("build")
             .cloned()
             .expect("build subcommand");
-        let own = ["spec", "out", "verbose", "quiet", "help", "version"];
+        let own = [
+            "spec",
+            "out",
+            "flake",
+            "system_expr",
+            "verbose",
+            "quiet",
+            "help",
+            "version",
+        ];
         for arg in build.get_arguments() {
             let id = arg.get_id().as_str();
             assert!(

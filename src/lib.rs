@@ -11,6 +11,7 @@ pub mod builder_vm;
 pub mod cli;
 pub mod closure;
 pub mod convert;
+pub mod flake;
 pub mod initramfs;
 pub mod kernel;
 pub mod layout;

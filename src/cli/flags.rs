@@ -11,6 +11,7 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::flake::{FlakeError, SystemSource};
 use crate::spec::{ByteSize, DiskSize, FsType, ImageFormat, ImageSpec, PartitionTableType};
 
 /// Flags that override the spec's fields. Unset flags leave the spec alone.
@@ -117,6 +118,31 @@ pub struct SpecFlags {
     /// File system UUID of the root partition (`rootFSUID`).
     #[arg(long, value_name = "UUID")]
     pub root_fsuid: Option<String>,
+}
+
+/// Where the system comes from when Nix is to evaluate and build it: these
+/// resolve to a toplevel store path that becomes the spec's `system`.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "System from Nix")]
+pub struct SystemSourceFlags {
+    /// Evaluate and build a flake's NixOS configuration,
+    /// `REF#NAME` as nixos-rebuild takes it (`.#my-host`,
+    /// `github:me/os#web`); its toplevel becomes `system`.
+    #[arg(long, value_name = "REF#NAME", conflicts_with_all = ["system", "system_expr"])]
+    pub flake: Option<String>,
+
+    /// Evaluate and build a Nix expression giving a NixOS configuration
+    /// (`import <nixpkgs/nixos> { configuration = ./configuration.nix; }`)
+    /// or a toplevel derivation; it becomes `system`.
+    #[arg(long, value_name = "EXPR", conflicts_with = "system")]
+    pub system_expr: Option<String>,
+}
+
+impl SystemSourceFlags {
+    /// The source these flags name, if any.
+    pub fn source(&self) -> Result<Option<SystemSource>, FlakeError> {
+        SystemSource::from_flags(self.flake.as_deref(), self.system_expr.as_deref())
+    }
 }
 
 /// Each flag's argument id, the spec field it sets, and how to describe the

@@ -1,0 +1,454 @@
+//! `--flake REF#NAME` and `--system-expr EXPR`: the system to install, as
+//! Nix evaluates and builds it, turned into a toplevel store path.
+//!
+//! Two steps, each one command of the installed Nix, so that their failures
+//! read differently: `nix eval` finds the toplevel's derivation (a mistake
+//! in the flake or expression: bad input), then `nix-store --realise` builds
+//! it (a failed build). The commands are planned by pure functions
+//! ([`eval_command`], [`realise_command`]) and their output read by
+//! [`parse_eval_output`]; [`resolve`] runs them. Nix's progress on stderr is
+//! logged line by line, and its last lines end up in the error.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+
+/// The experimental features the commands need, enabled per command so that
+/// nixdisk does not depend on the user's `nix.conf`.
+const FEATURES: &str = "nix-command flakes";
+
+/// How many of Nix's last stderr lines an error carries.
+const STDERR_TAIL: usize = 25;
+
+/// Takes the toplevel of a NixOS configuration (or a derivation as it is) and
+/// returns its derivation and output paths. Shared by both sources, so a
+/// flake output that is not a system is reported the same way.
+const APPLY: &str = "value: \
+let toplevel = if builtins.isAttrs value && value ? config.system.build.toplevel \
+then value.config.system.build.toplevel else value; in \
+if builtins.isAttrs toplevel && toplevel ? drvPath && toplevel ? outPath \
+then { drvPath = toplevel.drvPath; outPath = toplevel.outPath; } \
+else throw \"nixdisk: this is neither a NixOS configuration (with config.system.build.toplevel) nor a derivation\"";
+
+/// Where the system comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemSource {
+    /// A flake's `nixosConfigurations.<name>`.
+    Flake(FlakeRef),
+    /// A Nix expression evaluating to a NixOS configuration (such as
+    /// `import <nixpkgs/nixos> { configuration = ./configuration.nix; }`) or
+    /// to a toplevel derivation.
+    Expr(String),
+}
+
+/// `REF#NAME`: a flake reference and the name of one of its
+/// `nixosConfigurations`, as `nixos-rebuild --flake` takes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlakeRef {
+    /// The flake reference: `.`, `path:/src/os`, `github:owner/repo`, ...
+    pub reference: String,
+    /// The configuration's name.
+    pub name: String,
+}
+
+/// The toplevel's derivation and output path, as `nix eval` printed them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Toplevel {
+    /// The `.drv` file.
+    pub drv_path: PathBuf,
+    /// The toplevel store path the build produces.
+    pub out_path: PathBuf,
+}
+
+/// What went wrong finding or building the system.
+#[derive(Debug, thiserror::Error)]
+pub enum FlakeError {
+    /// `--flake` without `#NAME`.
+    #[error(
+        "`--flake {value}` names no configuration: write REF#NAME, such as `{value}#my-host`\n  hint: NAME is an attribute of the flake's `nixosConfigurations`"
+    )]
+    MissingName {
+        /// What was given.
+        value: String,
+    },
+    /// A flake reference or name nixdisk cannot pass on.
+    #[error("`--flake {value}` is not usable: {why}")]
+    BadReference {
+        /// What was given.
+        value: String,
+        /// What is wrong and what is allowed.
+        why: &'static str,
+    },
+    /// An empty `--system-expr`.
+    #[error("`--system-expr` is empty: give a Nix expression that evaluates to a NixOS configuration or a toplevel")]
+    EmptyExpr,
+    /// A Nix command could not be started.
+    #[error("cannot run `{program}`: {source}\n  hint: nixdisk evaluates and builds systems with the installed Nix; is it on PATH?")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why it did not start.
+        source: std::io::Error,
+    },
+    /// Evaluation failed: the flake, the name or the expression is wrong.
+    #[error("cannot evaluate the system {what} (`{command}`):\n{stderr}")]
+    Eval {
+        /// `--flake ...` or `--system-expr ...`.
+        what: String,
+        /// The command line.
+        command: String,
+        /// Nix's last lines on stderr.
+        stderr: String,
+    },
+    /// Building the toplevel failed.
+    #[error("building the system `{}` failed (`{command}`):\n{stderr}", drv.display())]
+    Build {
+        /// The toplevel's derivation.
+        drv: PathBuf,
+        /// The command line.
+        command: String,
+        /// Nix's last lines on stderr.
+        stderr: String,
+    },
+    /// A command printed something nixdisk does not understand.
+    #[error("`{command}` printed {output:?}, not {expected}")]
+    UnexpectedOutput {
+        /// The command line.
+        command: String,
+        /// What it printed.
+        output: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+}
+
+impl FlakeError {
+    /// Whether this is a failed build (exit code 1) rather than bad input (2).
+    pub fn is_build_failure(&self) -> bool {
+        matches!(self, FlakeError::Build { .. })
+    }
+}
+
+impl FlakeRef {
+    /// Reads `REF#NAME`. The name is a `nixosConfigurations` attribute; it
+    /// may hold dots (it is quoted when passed on).
+    pub fn parse(value: &str) -> Result<Self, FlakeError> {
+        let Some((reference, name)) = value.split_once('#') else {
+            return Err(FlakeError::MissingName {
+                value: value.to_owned(),
+            });
+        };
+        if name.is_empty() {
+            return Err(FlakeError::MissingName {
+                value: reference.to_owned(),
+            });
+        }
+        let bad = |why| FlakeError::BadReference {
+            value: value.to_owned(),
+            why,
+        };
+        if reference.is_empty() {
+            return Err(bad(
+                "the flake reference before `#` is empty; write `.#NAME` for the flake in this directory",
+            ));
+        }
+        if name.contains(['"', '\\', '$', '#']) || name.chars().any(char::is_control) {
+            return Err(bad(
+                "the configuration name may not hold quotes, backslashes, `$`, `#` or control characters",
+            ));
+        }
+        Ok(FlakeRef {
+            reference: reference.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The installable of the configuration's toplevel, as nixos-rebuild
+    /// builds it.
+    pub fn installable(&self) -> String {
+        format!(
+            "{}#nixosConfigurations.\"{}\".config.system.build.toplevel",
+            self.reference, self.name
+        )
+    }
+}
+
+impl SystemSource {
+    /// The source the flags name, if any: `--flake` or `--system-expr`.
+    pub fn from_flags(
+        flake: Option<&str>,
+        system_expr: Option<&str>,
+    ) -> Result<Option<Self>, FlakeError> {
+        match (flake, system_expr) {
+            (Some(flake), _) => FlakeRef::parse(flake).map(|r| Some(SystemSource::Flake(r))),
+            (None, Some(expr)) if expr.trim().is_empty() => Err(FlakeError::EmptyExpr),
+            (None, Some(expr)) => Ok(Some(SystemSource::Expr(expr.to_owned()))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// How the source reads in messages.
+    pub fn describe(&self) -> String {
+        match self {
+            SystemSource::Flake(flake) => format!("--flake {}#{}", flake.reference, flake.name),
+            SystemSource::Expr(expr) => format!("--system-expr {expr}"),
+        }
+    }
+}
+
+/// The `nix eval` command that prints the toplevel's derivation and output
+/// path as JSON. Expressions are evaluated impurely (they may use
+/// `<nixpkgs>` and the environment, as `nix-build` would); flakes purely.
+pub fn eval_command(source: &SystemSource) -> Vec<String> {
+    let mut argv: Vec<String> = ["nix", "--extra-experimental-features", FEATURES, "eval", "--json"]
+        .map(str::to_owned)
+        .to_vec();
+    match source {
+        SystemSource::Flake(flake) => argv.push(flake.installable()),
+        SystemSource::Expr(expr) => {
+            argv.extend(["--impure".to_owned(), "--expr".to_owned(), expr.clone()]);
+        }
+    }
+    argv.extend(["--apply".to_owned(), APPLY.to_owned()]);
+    argv
+}
+
+/// The command that builds the toplevel's derivation.
+pub fn realise_command(drv: &Path) -> Vec<String> {
+    vec![
+        "nix-store".to_owned(),
+        "--realise".to_owned(),
+        drv.display().to_string(),
+    ]
+}
+
+/// Reads what the [`eval_command`] printed.
+pub fn parse_eval_output(command: &str, stdout: &str) -> Result<Toplevel, FlakeError> {
+    let unexpected = || FlakeError::UnexpectedOutput {
+        command: command.to_owned(),
+        output: stdout.trim().to_owned(),
+        expected: "a JSON object with the toplevel's drvPath and outPath",
+    };
+    let toplevel: Toplevel = serde_json::from_str(stdout.trim()).map_err(|_| unexpected())?;
+    let in_store = |path: &Path| path.is_absolute() && path.components().count() >= 4;
+    if !in_store(&toplevel.drv_path) || !in_store(&toplevel.out_path) {
+        return Err(unexpected());
+    }
+    Ok(toplevel)
+}
+
+/// Evaluates and builds the system; returns its toplevel store path.
+pub fn resolve(source: &SystemSource) -> Result<PathBuf, FlakeError> {
+    let argv = eval_command(source);
+    let command = shell_words(&argv);
+    tracing::info!(%command, "evaluating the system");
+    let (ok, stdout, stderr) = run(&argv)?;
+    if !ok {
+        return Err(FlakeError::Eval {
+            what: source.describe(),
+            command,
+            stderr,
+        });
+    }
+    let toplevel = parse_eval_output(&command, &stdout)?;
+    tracing::debug!(?toplevel, "system evaluated");
+
+    let argv = realise_command(&toplevel.drv_path);
+    let command = shell_words(&argv);
+    tracing::info!(drv = %toplevel.drv_path.display(), "building the system");
+    let (ok, stdout, stderr) = run(&argv)?;
+    if !ok {
+        return Err(FlakeError::Build {
+            drv: toplevel.drv_path,
+            command,
+            stderr,
+        });
+    }
+    // nix-store prints every output; the toplevel has one, `out`.
+    let built = stdout.lines().any(|line| Path::new(line.trim()) == toplevel.out_path);
+    if !built || !toplevel.out_path.exists() {
+        return Err(FlakeError::UnexpectedOutput {
+            command,
+            output: stdout.trim().to_owned(),
+            expected: "the toplevel's output path, built",
+        });
+    }
+    tracing::info!(system = %toplevel.out_path.display(), "system built");
+    Ok(toplevel.out_path)
+}
+
+/// Runs `argv`, logging its stderr as it comes; returns success, stdout,
+/// and the last lines of stderr.
+fn run(argv: &[String]) -> Result<(bool, String, String), FlakeError> {
+    let spawn_error = |source| FlakeError::Spawn {
+        program: argv[0].clone(),
+        source,
+    };
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    let stderr = child.stderr.take().map(|stderr| {
+        std::thread::spawn(move || {
+            let mut tail = VecDeque::with_capacity(STDERR_TAIL);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                tracing::info!(target: "nixdisk::nix", "{line}");
+                if tail.len() == STDERR_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            Vec::from(tail).join("\n")
+        })
+    });
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut stdout).map_err(spawn_error)?;
+    }
+    let status = child.wait().map_err(spawn_error)?;
+    let stderr = stderr
+        .and_then(|thread| thread.join().ok())
+        .unwrap_or_default();
+    Ok((status.success(), stdout, stderr))
+}
+
+/// The command line as a user would type it, for messages.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|word| {
+            if !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:#=+@,".contains(c))
+            {
+                word.clone()
+            } else {
+                format!("'{}'", word.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flake_references_split_at_the_hash() {
+        let flake = FlakeRef::parse("github:me/os?dir=hosts#web.example").unwrap();
+        assert_eq!(flake.reference, "github:me/os?dir=hosts");
+        assert_eq!(flake.name, "web.example");
+        assert_eq!(
+            flake.installable(),
+            "github:me/os?dir=hosts#nixosConfigurations.\"web.example\".config.system.build.toplevel"
+        );
+    }
+
+    #[test]
+    fn flake_references_need_a_name_and_a_reference() {
+        for value in [".", ".#", "path:/src"] {
+            let error = FlakeRef::parse(value).unwrap_err();
+            assert!(matches!(error, FlakeError::MissingName { .. }), "{value}");
+            assert!(error.to_string().contains("REF#NAME"), "{error}");
+        }
+        assert!(matches!(
+            FlakeRef::parse("#host"),
+            Err(FlakeError::BadReference { .. })
+        ));
+        assert!(matches!(
+            FlakeRef::parse(".#a\"b"),
+            Err(FlakeError::BadReference { .. })
+        ));
+    }
+
+    #[test]
+    fn flags_pick_the_source() {
+        assert_eq!(SystemSource::from_flags(None, None).unwrap(), None);
+        assert_eq!(
+            SystemSource::from_flags(None, Some("import ./system.nix")).unwrap(),
+            Some(SystemSource::Expr("import ./system.nix".into()))
+        );
+        assert!(matches!(
+            SystemSource::from_flags(None, Some("  ")),
+            Err(FlakeError::EmptyExpr)
+        ));
+        let flake = SystemSource::from_flags(Some(".#x"), None).unwrap().unwrap();
+        assert_eq!(flake.describe(), "--flake .#x");
+    }
+
+    #[test]
+    fn eval_commands() {
+        let flake = SystemSource::Flake(FlakeRef::parse("path:/src#x").unwrap());
+        assert_eq!(
+            eval_command(&flake),
+            [
+                "nix",
+                "--extra-experimental-features",
+                "nix-command flakes",
+                "eval",
+                "--json",
+                "path:/src#nixosConfigurations.\"x\".config.system.build.toplevel",
+                "--apply",
+                APPLY,
+            ]
+        );
+        let expr = SystemSource::Expr("import ./c.nix".into());
+        assert_eq!(
+            eval_command(&expr)[5..],
+            ["--impure", "--expr", "import ./c.nix", "--apply", APPLY]
+        );
+        assert_eq!(
+            realise_command(Path::new("/nix/store/a-x.drv")),
+            ["nix-store", "--realise", "/nix/store/a-x.drv"]
+        );
+    }
+
+    #[test]
+    fn eval_output_is_read_and_checked() {
+        let text = r#"{"drvPath":"/nix/store/abc-nixos-system-x.drv","outPath":"/nix/store/def-nixos-system-x"}"#;
+        assert_eq!(
+            parse_eval_output("nix eval", &format!("{text}\n")).unwrap(),
+            Toplevel {
+                drv_path: "/nix/store/abc-nixos-system-x.drv".into(),
+                out_path: "/nix/store/def-nixos-system-x".into(),
+            }
+        );
+        for bad in ["", "\"/nix/store/x\"", r#"{"drvPath":"x","outPath":"y"}"#] {
+            assert!(
+                matches!(
+                    parse_eval_output("nix eval", bad),
+                    Err(FlakeError::UnexpectedOutput { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn command_lines_quote_what_needs_it() {
+        let argv = ["nix", "eval", "--expr", "import ./c.nix", "it's"].map(str::to_owned);
+        assert_eq!(
+            shell_words(&argv),
+            r#"nix eval --expr 'import ./c.nix' 'it'\''s'"#
+        );
+    }
+
+    #[test]
+    fn only_builds_count_as_build_failures() {
+        let build = FlakeError::Build {
+            drv: "/nix/store/x.drv".into(),
+            command: "nix-store --realise /nix/store/x.drv".into(),
+            stderr: String::new(),
+        };
+        assert!(build.is_build_failure());
+        assert!(!FlakeError::EmptyExpr.is_build_failure());
+    }
+}
