@@ -25,12 +25,13 @@ const STDERR_TAIL: usize = 25;
 
 /// Takes the toplevel of a NixOS configuration (or a derivation as it is) and
 /// returns its derivation and output paths. Shared by both sources, so a
-/// flake output that is not a system is reported the same way.
+/// flake output that is not a system is reported the same way. (The key is
+/// not `outPath`: JSON would print a set with one as that string alone.)
 const APPLY: &str = "value: \
 let toplevel = if builtins.isAttrs value && value ? config.system.build.toplevel \
 then value.config.system.build.toplevel else value; in \
 if builtins.isAttrs toplevel && toplevel ? drvPath && toplevel ? outPath \
-then { drvPath = toplevel.drvPath; outPath = toplevel.outPath; } \
+then { drvPath = toplevel.drvPath; toplevel = toplevel.outPath; } \
 else throw \"nixdisk: this is neither a NixOS configuration (with config.system.build.toplevel) nor a derivation\"";
 
 /// Where the system comes from.
@@ -56,11 +57,12 @@ pub struct FlakeRef {
 
 /// The toplevel's derivation and output path, as `nix eval` printed them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct Toplevel {
     /// The `.drv` file.
+    #[serde(rename = "drvPath")]
     pub drv_path: PathBuf,
     /// The toplevel store path the build produces.
+    #[serde(rename = "toplevel")]
     pub out_path: PathBuf,
 }
 
@@ -231,7 +233,7 @@ pub fn parse_eval_output(command: &str, stdout: &str) -> Result<Toplevel, FlakeE
     let unexpected = || FlakeError::UnexpectedOutput {
         command: command.to_owned(),
         output: stdout.trim().to_owned(),
-        expected: "a JSON object with the toplevel's drvPath and outPath",
+        expected: "a JSON object with the toplevel's drvPath and output path",
     };
     let toplevel: Toplevel = serde_json::from_str(stdout.trim()).map_err(|_| unexpected())?;
     let in_store = |path: &Path| path.is_absolute() && path.components().count() >= 4;
@@ -319,10 +321,14 @@ fn run(argv: &[String]) -> Result<(bool, String, String), FlakeError> {
     Ok((status.success(), stdout, stderr))
 }
 
-/// The command line as a user would type it, for messages.
+/// The command line as a user would type it, for messages; nixdisk's long
+/// `--apply` function shows as `<toplevel selector>`.
 fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|word| {
+            if word == APPLY {
+                return "<toplevel selector>".to_owned();
+            }
             if !word.is_empty()
                 && word
                     .chars()
@@ -413,7 +419,7 @@ mod tests {
 
     #[test]
     fn eval_output_is_read_and_checked() {
-        let text = r#"{"drvPath":"/nix/store/abc-nixos-system-x.drv","outPath":"/nix/store/def-nixos-system-x"}"#;
+        let text = r#"{"drvPath":"/nix/store/abc-nixos-system-x.drv","toplevel":"/nix/store/def-nixos-system-x"}"#;
         assert_eq!(
             parse_eval_output("nix eval", &format!("{text}\n")).unwrap(),
             Toplevel {
@@ -421,7 +427,7 @@ mod tests {
                 out_path: "/nix/store/def-nixos-system-x".into(),
             }
         );
-        for bad in ["", "\"/nix/store/x\"", r#"{"drvPath":"x","outPath":"y"}"#] {
+        for bad in ["", "\"/nix/store/x\"", r#"{"drvPath":"x","toplevel":"y"}"#] {
             assert!(
                 matches!(
                     parse_eval_output("nix eval", bad),
