@@ -86,10 +86,14 @@ pub enum FlakeError {
         why: &'static str,
     },
     /// An empty `--system-expr`.
-    #[error("`--system-expr` is empty: give a Nix expression that evaluates to a NixOS configuration or a toplevel")]
+    #[error(
+        "`--system-expr` is empty: give a Nix expression that evaluates to a NixOS configuration or a toplevel"
+    )]
     EmptyExpr,
     /// A Nix command could not be started.
-    #[error("cannot run `{program}`: {source}\n  hint: nixdisk evaluates and builds systems with the installed Nix; is it on PATH?")]
+    #[error(
+        "cannot run `{program}`: {source}\n  hint: nixdisk evaluates and builds systems with the installed Nix; is it on PATH?"
+    )]
     Spawn {
         /// The program.
         program: String,
@@ -206,9 +210,15 @@ impl SystemSource {
 /// path as JSON. Expressions are evaluated impurely (they may use
 /// `<nixpkgs>` and the environment, as `nix-build` would); flakes purely.
 pub fn eval_command(source: &SystemSource) -> Vec<String> {
-    let mut argv: Vec<String> = ["nix", "--extra-experimental-features", FEATURES, "eval", "--json"]
-        .map(str::to_owned)
-        .to_vec();
+    let mut argv: Vec<String> = [
+        "nix",
+        "--extra-experimental-features",
+        FEATURES,
+        "eval",
+        "--json",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     match source {
         SystemSource::Flake(flake) => argv.push(flake.installable()),
         SystemSource::Expr(expr) => {
@@ -271,7 +281,9 @@ pub fn resolve(source: &SystemSource) -> Result<PathBuf, FlakeError> {
         });
     }
     // nix-store prints every output; the toplevel has one, `out`.
-    let built = stdout.lines().any(|line| Path::new(line.trim()) == toplevel.out_path);
+    let built = stdout
+        .lines()
+        .any(|line| Path::new(line.trim()) == toplevel.out_path);
     if !built || !toplevel.out_path.exists() {
         return Err(FlakeError::UnexpectedOutput {
             command,
@@ -386,7 +398,9 @@ mod tests {
             SystemSource::from_flags(None, Some("  ")),
             Err(FlakeError::EmptyExpr)
         ));
-        let flake = SystemSource::from_flags(Some(".#x"), None).unwrap().unwrap();
+        let flake = SystemSource::from_flags(Some(".#x"), None)
+            .unwrap()
+            .unwrap();
         assert_eq!(flake.describe(), "--flake .#x");
     }
 

@@ -146,10 +146,8 @@ fn a_flake_configuration_becomes_the_system() {
 fn an_expression_becomes_the_system() {
     let flake = TestFlake::new();
     let file = flake.root().join("system.nix");
-    let from_config = checked_system(&[
-        "--system-expr",
-        &format!("import {} {{ }}", file.display()),
-    ]);
+    let from_config =
+        checked_system(&["--system-expr", &format!("import {} {{ }}", file.display())]);
     // A toplevel derivation given directly is taken as it is.
     let from_toplevel = checked_system(&[
         "--system-expr",
@@ -178,8 +176,17 @@ fn evaluation_mistakes_are_bad_input_and_leave_nothing() {
     ];
     for (reference, message) in cases {
         let output = nixdisk(&["build", "--out", out, "--flake", &reference], "");
-        assert_eq!(output.status.code(), Some(2), "{reference}: {}", stderr(&output));
-        assert!(stderr(&output).contains(message), "{reference}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{reference}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(message),
+            "{reference}: {}",
+            stderr(&output)
+        );
         assert!(!flake.out().exists());
     }
     let output = nixdisk(
@@ -236,9 +243,21 @@ fn the_spec_is_checked_before_nix_evaluates() {
 #[test]
 fn flake_and_system_do_not_mix() {
     let output = nixdisk(
-        &["spec", "--check", "-", "--flake", ".#x", "--system", "/nix/store"],
+        &[
+            "spec",
+            "--check",
+            "-",
+            "--flake",
+            ".#x",
+            "--system",
+            "/nix/store",
+        ],
         "{}",
     );
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("cannot be used with"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot be used with"),
+        "{}",
+        stderr(&output)
+    );
 }

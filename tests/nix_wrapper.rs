@@ -48,7 +48,11 @@ const MAKE_DISK_IMAGE_ARGUMENTS: &[(&str, bool)] = &[
 #[test]
 fn every_expression_parses() {
     let mut files = Vec::new();
-    for dir in ["nix", "tests/fixtures/nix", "tests/fixtures/nix/stand-in-nixpkgs"] {
+    for dir in [
+        "nix",
+        "tests/fixtures/nix",
+        "tests/fixtures/nix/stand-in-nixpkgs",
+    ] {
         for entry in std::fs::read_dir(repo().join(dir)).expect("read nix dir") {
             let path = entry.expect("dir entry").path();
             if path.extension().is_some_and(|ext| ext == "nix") {
@@ -93,7 +97,11 @@ fn takes_make_disk_image_arguments_with_the_same_optionality() {
         .iter()
         .filter(|(name, _)| !MAKE_DISK_IMAGE_ARGUMENTS.iter().any(|(n, _)| n == name))
         .collect();
-    assert!(own.iter().all(|(_, optional)| **optional == Value::Bool(true)), "{own:?}");
+    assert!(
+        own.iter()
+            .all(|(_, optional)| **optional == Value::Bool(true)),
+        "{own:?}"
+    );
 }
 
 #[test]
@@ -147,7 +155,10 @@ fn the_derivation_runs_nixdisk_with_closure_kernel_and_no_kvm_requirement() {
         )),
         "{command}"
     );
-    assert_eq!(env["NIXDISK_CLOSURE_INFO"], stand_in.out_path("closureInfo"));
+    assert_eq!(
+        env["NIXDISK_CLOSURE_INFO"],
+        stand_in.out_path("closureInfo")
+    );
     let kernel = stand_in.eval("pkgs.linuxPackages.kernel.outPath");
     let kernel = kernel.as_str().expect("kernel path");
     assert_eq!(env["NIXDISK_KERNEL"], format!("{kernel}/bzImage"));
@@ -257,7 +268,12 @@ fn arguments_pass_through_under_their_own_names() {
     assert!(config_file.starts_with("/nix/store/"), "{config_file}");
     let contents = spec["contents"].as_array().expect("contents");
     let first = contents[0].as_object().expect("entry");
-    assert!(first["source"].as_str().expect("source").starts_with("/nix/store/"));
+    assert!(
+        first["source"]
+            .as_str()
+            .expect("source")
+            .starts_with("/nix/store/")
+    );
     assert_eq!(first["mode"], "0755");
     assert_eq!(first["user"], "root");
     // Unset optional fields are left out, globs stay as written.
@@ -301,6 +317,95 @@ fn make_disk_image_rules_fail_at_evaluation() {
     // A store-only image as make-disk-image users write it evaluates.
     let spec = stand_in.spec("{ onlyNixStore = true; installBootLoader = false; }");
     assert_eq!(spec["label"], "nix-store");
+}
+
+#[test]
+fn the_package_builds_the_host_binary_and_a_static_agent() {
+    let stand_in = StandIn::new();
+    let package = stand_in.eval(&format!(
+        "let p = pkgs.callPackage {}/nix/package.nix {{ }}; in {{
+           host = removeAttrs p.attrs [ \"passthru\" \"src\" ];
+           agent = removeAttrs p.agent.attrs [ \"src\" ];
+           agentPath = p.agent.outPath;
+           src = p.attrs.src;
+           sameSource = p.attrs.src == p.agent.attrs.src;
+         }}",
+        repo().display()
+    ));
+    let (host, agent) = (&package["host"], &package["agent"]);
+    assert_eq!(
+        host["cargoBuildFlags"],
+        serde_json::json!(["-p", "nixdisk"])
+    );
+    assert_eq!(
+        agent["cargoBuildFlags"],
+        serde_json::json!(["-p", "nixdisk-agent"])
+    );
+    assert_eq!(host["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(package["sameSource"], true);
+    // Static glibc for the target only, as scripts/build-agent builds it.
+    assert_eq!(
+        agent["env"]["CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS"],
+        "-C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\""
+    );
+    assert!(
+        agent["buildInputs"][0]
+            .as_str()
+            .expect("glibc.static")
+            .contains("glibc-static")
+    );
+    // The lock file is the repository's.
+    let lock = host["cargoLock"]["lockFile"].as_str().expect("lockFile");
+    assert_eq!(
+        std::fs::read(lock).expect("locked Cargo.lock"),
+        std::fs::read(repo().join("Cargo.lock")).expect("Cargo.lock")
+    );
+    // The agent sits beside nixdisk and is named for it.
+    let agent_path = package["agentPath"].as_str().expect("agent path");
+    let install = host["postInstall"].as_str().expect("postInstall");
+    assert!(
+        install.contains(&format!(
+            "ln -s {agent_path}/bin/nixdisk-agent $out/bin/nixdisk-agent"
+        )),
+        "{install}"
+    );
+    assert!(
+        install.contains(&format!(
+            "--set-default NIXDISK_AGENT {agent_path}/bin/nixdisk-agent"
+        )),
+        "{install}"
+    );
+    assert!(install.contains("qemu_kvm-stand-in/bin"), "{install}");
+    // Only the workspace's sources.
+    let src = Path::new(package["src"].as_str().expect("src"));
+    let entries: BTreeSet<String> = std::fs::read_dir(src)
+        .expect("source dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let expected: BTreeSet<String> = ["Cargo.lock", "Cargo.toml", "firmware", "guest-agent", "src"]
+        .map(str::to_owned)
+        .into();
+    assert_eq!(entries, expected);
+
+    // make-disk-image uses this package unless told otherwise.
+    let drv = nix_support::instantiate(&format!(
+        "let pkgs = import {repo}/tests/fixtures/nix/stand-in-pkgs.nix {{ busybox = \"{bb}\"; }};
+             image = import {repo}/tests/fixtures/nix/image.nix {{ busybox = \"{bb}\"; }};
+         in import {repo}/nix/make-disk-image.nix {{ inherit pkgs; inherit (pkgs) lib; inherit (image) config; }}",
+        repo = repo().display(),
+        bb = stand_in.busybox()
+    ));
+    let inputs = &show_derivation(&drv)["env"]["nativeBuildInputs"];
+    assert!(
+        inputs.as_str().expect("inputs").ends_with("-nixdisk-0.1.0"),
+        "{inputs}"
+    );
 }
 
 fn nixdisk_defaults() -> Value {

@@ -58,10 +58,18 @@ pub fn eval_json(expr: &str) -> Value {
     serde_json::from_slice(&output.stdout).expect("JSON from nix-instantiate")
 }
 
-/// `nix-instantiate --eval --json --strict -E EXPR`, as it went.
+/// `nix-instantiate --eval --json --strict -E EXPR`, as it went. In
+/// read-write mode, so that paths the evaluation copies are in the store.
 pub fn eval_output(expr: &str) -> Output {
     Command::new("nix-instantiate")
-        .args(["--eval", "--json", "--strict", "--expr", expr])
+        .args([
+            "--eval",
+            "--json",
+            "--strict",
+            "--read-write-mode",
+            "--expr",
+            expr,
+        ])
         .output()
         .expect("run nix-instantiate")
 }
@@ -97,7 +105,11 @@ pub fn nix_build(expr: &str) -> PathBuf {
 /// The one derivation `nix show-derivation DRV` prints.
 pub fn show_derivation(drv: &Path) -> Value {
     let output = Command::new("nix")
-        .args(["--extra-experimental-features", "nix-command", "show-derivation"])
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "show-derivation",
+        ])
         .arg(drv)
         .output()
         .expect("run nix show-derivation");
