@@ -15,7 +15,8 @@
 # when it is there already. For use outside a chroot: NIXDISK_EXAMPLE_ROOT is
 # the root the paths are relative to; NIXDISK_EXAMPLE_ESP and
 # NIXDISK_EXAMPLE_XBOOTLDR name the ESP and XBOOTLDR mount points inside it
-# instead of finding them among the mounts.
+# instead of finding them among the mounts. The GRUB device, too, is a path
+# inside the root.
 set -eu
 export PATH=@sw@/bin
 self=@out@
@@ -141,7 +142,11 @@ grub_run() {
 
 install_grub() {
   describe "$default"
+  # The device path is inside the root like every other path here (nixdisk
+  # links it to the target disk in the chroot).
   device=$(cat "$root$top/grub-device" 2>/dev/null || cat "$self/grub-device")
+  device=$root$device
+  [ -b "$device" ] || die "GRUB device $device is not a block device"
   B=$root/boot
   # GRUB sees /boot's own file system: paths on it start at its top when
   # /boot is a mount, else below /boot on the root file system.
