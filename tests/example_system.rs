@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use disk::{Loop, MIB, blank_disk, closure, make_ext4, make_fat, place, run, stage_root};
+use disk::{
+    Loop, MIB, blank_disk, closure, make_ext4, make_ext4_labelled, make_fat, place, run, stage_root,
+};
 use vm::{Firmware, Vm};
 
 /// One built example system.
@@ -461,5 +463,216 @@ fn grub_installed_from_a_chroot_boots_on_seabios() {
         &dir.path().join("console-default.log"),
     );
     vm.wait_for(&booted(2, "grub2"));
+    vm.wait_for_exit();
+}
+
+#[test]
+fn initrd_finds_the_root_by_partuuid() {
+    let system = build(&["--marker", "partuuid"]);
+    let top = &system.toplevel;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let stage = dir.path().join("stage");
+    stage_root(&stage, &[top]);
+    let (root, disk) = (dir.path().join("root.img"), dir.path().join("disk.img"));
+    // Not the default label: only the PARTUUID can find it.
+    make_ext4_labelled(&root, &stage, 128, "elsewhere");
+    blank_disk(&disk, 1 + 128 + 1);
+    let partuuid = "5f1c2a44-0f0e-4d5b-9a3c-8e2b6d7f1a90";
+    run(Command::new("sgdisk")
+        .args(["-n1:1M:+128M", "-t1:8304"])
+        .arg(format!("-u1:{partuuid}"))
+        .arg(&disk));
+    place(&disk, &root, 1);
+    let append = format!(
+        "{} root=PARTUUID={} init={}/init nixdisk.generation=7",
+        read(&top.join("kernel-params")).trim(),
+        partuuid.to_uppercase(),
+        top.display()
+    );
+    let mut vm = Vm::start(
+        Firmware::DirectKernel {
+            kernel: &top.join("kernel"),
+            initrd: &top.join("initrd"),
+            append: &append,
+        },
+        &disk,
+        &dir.path().join("console.log"),
+    );
+    vm.wait_for(&booted(7, "partuuid"));
+    vm.wait_for_exit();
+}
+
+#[test]
+fn switch_to_configuration_follows_the_profile_links() {
+    let one = build(&["--marker", "links1", "--bootloader", "systemd-boot"]);
+    let two = build(&["--marker", "links2", "--bootloader", "systemd-boot"]);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let stage = dir.path().join("stage");
+    stage_root(&stage, &[&one.toplevel, &two.toplevel]);
+    let profiles = stage.join("nix/var/nix/profiles");
+    let entries = stage.join("boot/loader/entries");
+    let entry_names = || -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&entries)
+            .expect("entries are listed")
+            .map(|e| {
+                e.expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+
+    // The default is the generation `system` points to, not the newest.
+    fs::remove_file(profiles.join("system")).expect("system link can be removed");
+    std::os::unix::fs::symlink("system-1-link", profiles.join("system"))
+        .expect("system link can be made");
+    install_systemd_boot(&stage, &two.toplevel, "/boot", None);
+    let loader = read(&stage.join("boot/loader/loader.conf"));
+    assert!(
+        loader.contains("default nixos-generation-1.conf"),
+        "{loader}"
+    );
+    assert_eq!(
+        entry_names(),
+        ["nixos-generation-1.conf", "nixos-generation-2.conf"]
+    );
+
+    // A removed generation loses its entry; files still used stay.
+    fs::remove_file(profiles.join("system-1-link")).expect("link can be removed");
+    install_systemd_boot(&stage, &two.toplevel, "/boot", None);
+    let loader = read(&stage.join("boot/loader/loader.conf"));
+    assert!(
+        loader.contains("default nixos-generation-2.conf"),
+        "{loader}"
+    );
+    assert_eq!(entry_names(), ["nixos-generation-2.conf"]);
+    let entry = read(&entries.join("nixos-generation-2.conf"));
+    for line in entry
+        .lines()
+        .filter(|l| l.starts_with("linux ") || l.starts_with("initrd "))
+    {
+        let file = line.split_whitespace().nth(1).expect("a path");
+        assert!(
+            stage.join("boot").join(&file[1..]).is_file(),
+            "{file} is on the ESP"
+        );
+    }
+
+    // No generation at all, or an action other than boot: clear failures.
+    fs::remove_file(profiles.join("system-2-link")).expect("link can be removed");
+    let out = Command::new(two.toplevel.join("bin/switch-to-configuration"))
+        .arg("boot")
+        .env("NIXDISK_EXAMPLE_ROOT", &stage)
+        .env("NIXDISK_EXAMPLE_ESP", "/boot")
+        .output()
+        .expect("switch-to-configuration runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no generations in"), "{stderr}");
+    let out = Command::new(two.toplevel.join("bin/switch-to-configuration"))
+        .arg("switch")
+        .output()
+        .expect("switch-to-configuration runs");
+    assert!(!out.status.success());
+}
+
+/// Installs the bootloaders of a hybrid system: the root partition `part` of
+/// `disk` mounted (in a private mount namespace) and used as the root
+/// prefix, the ESP standing in as its /boot directory, whose contents are
+/// then moved to `esp_dir` for an image made with mtools (this host cannot
+/// mount FAT).
+fn install_hybrid(toplevel: &Path, disk: &Loop, part: &Loop, mnt: &Path, esp_dir: &Path) {
+    let script = r#"
+        set -e
+        stc=$1 disk=$2 part=$3 mnt=$4 esp=$5
+        mount "$part" "$mnt"
+        ln -s "$disk" "$mnt/dev/vda"
+        NIXDISK_EXAMPLE_ROOT=$mnt NIXDISK_EXAMPLE_ESP=/boot "$stc" boot
+        rm "$mnt/dev/vda"
+        cp -a "$mnt/boot/." "$esp/"
+        rm -rf "$mnt/boot"
+        mkdir "$mnt/boot"
+    "#;
+    fs::create_dir_all(mnt).expect("mount point can be made");
+    fs::create_dir_all(esp_dir).expect("ESP staging can be made");
+    run(Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(toplevel.join("bin/switch-to-configuration"))
+        .arg(&disk.device)
+        .arg(&part.device)
+        .arg(mnt)
+        .arg(esp_dir)
+        .env("NIXOS_INSTALL_BOOTLOADER", "1"));
+}
+
+#[test]
+fn hybrid_system_boots_on_ovmf_and_seabios() {
+    let system = build(&["--marker", "hybrid", "--bootloader", "both"]);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let stage = dir.path().join("stage");
+    stage_root(&stage, &[&system.toplevel]);
+    let (root, esp, disk) = (
+        dir.path().join("root.img"),
+        dir.path().join("esp.img"),
+        dir.path().join("disk.img"),
+    );
+    make_ext4(&root, &stage, 160);
+    // GPT: BIOS boot partition for GRUB's core, ESP, root.
+    blank_disk(&disk, 2 + 96 + 160 + 1);
+    run(Command::new("sgdisk")
+        .args([
+            "-n1:1M:+1M",
+            "-t1:ef02",
+            "-n2:0:+96M",
+            "-t2:ef00",
+            "-n3:0:+160M",
+            "-t3:8304",
+        ])
+        .arg(&disk));
+    place(&disk, &root, 98);
+    let esp_dir = dir.path().join("esp");
+    {
+        let whole = Loop::attach(&disk, None);
+        let part = Loop::attach(&disk, Some((98, 160)));
+        install_hybrid(
+            &system.toplevel,
+            &whole,
+            &part,
+            &dir.path().join("mnt"),
+            &esp_dir,
+        );
+    }
+    assert!(esp_dir.join("loader/loader.conf").is_file());
+    assert!(esp_dir.join("grub/grub.cfg").is_file());
+    make_fat(&esp, &esp_dir, 96, "ESP");
+    place(&disk, &esp, 2);
+
+    let mut vm = Vm::start(
+        Firmware::SeaBios,
+        &disk,
+        &dir.path().join("console-bios.log"),
+    );
+    vm.wait_for(&booted(1, "hybrid"));
+    vm.wait_for_exit();
+    drop(vm);
+    let vars = dir.path().join("vars.fd");
+    fs::copy("/usr/share/OVMF/OVMF_VARS.fd", &vars).expect("OVMF_VARS.fd is there (install ovmf)");
+    let mut vm = Vm::start(
+        Firmware::Ovmf { vars: &vars },
+        &disk,
+        &dir.path().join("console-efi.log"),
+    );
+    vm.wait_for(&booted(1, "hybrid"));
     vm.wait_for_exit();
 }

@@ -15,8 +15,8 @@
 # when it is there already. For use outside a chroot: NIXDISK_EXAMPLE_ROOT is
 # the root the paths are relative to; NIXDISK_EXAMPLE_ESP and
 # NIXDISK_EXAMPLE_XBOOTLDR name the ESP and XBOOTLDR mount points inside it
-# instead of finding them among the mounts. The GRUB device, too, is a path
-# inside the root.
+# (directories standing for their own file systems) instead of finding them
+# among the mounts. The GRUB device, too, is a path inside the root.
 set -eu
 export PATH=@sw@/bin
 self=@out@
@@ -54,8 +54,10 @@ toplevel_of() { readlink "$profiles/system-$1-link" || die "cannot read $profile
 target_of() { readlink "$root$1" || echo "$1"; }
 # A file name unique to store file $1: <hash>-<name>-<file>.
 unique_name() { echo "$(basename "$(dirname "$1")")-$(basename "$1")"; }
-# True when $1 (inside the root) is the top of a mounted file system.
+# True when $1 (inside the root) is the top of a mounted file system, or is
+# named as the ESP or XBOOTLDR in the environment.
 is_mount() {
+  [ "$1" = "${NIXDISK_EXAMPLE_ESP:-}" ] || [ "$1" = "${NIXDISK_EXAMPLE_XBOOTLDR:-}" ] && return 0
   [ -d "$root$1" ] && [ "$(stat -c %d "$root$1")" != "$(stat -c %d "$root$1/..")" ]
 }
 # Copies $1 to $2 unless it is there already (through a temporary name, so a

@@ -65,8 +65,14 @@ pub fn stage_root(stage: &Path, generations: &[&Path]) {
 /// Makes an ext4 file system labelled `nixos` in the file `image`, holding
 /// `stage`.
 pub fn make_ext4(image: &Path, stage: &Path, size_mib: u64) {
+    make_ext4_labelled(image, stage, size_mib, "nixos");
+}
+
+/// Makes an ext4 file system labelled `label` in the file `image`, holding
+/// `stage`.
+pub fn make_ext4_labelled(image: &Path, stage: &Path, size_mib: u64, label: &str) {
     run(Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-L", "nixos", "-d"])
+        .args(["-q", "-F", "-t", "ext4", "-L", label, "-d"])
         .arg(stage)
         .arg(image)
         .arg(format!("{size_mib}M")));
