@@ -676,3 +676,26 @@ fn hybrid_system_boots_on_ovmf_and_seabios() {
     vm.wait_for(&booted(1, "hybrid"));
     vm.wait_for_exit();
 }
+
+#[test]
+fn a_broken_switch_fails_with_a_clear_message() {
+    let system = build(&["--marker", "broken", "--broken-switch"]);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let stage = dir.path().join("stage");
+    stage_root(&stage, &[&system.toplevel]);
+    let out = Command::new(system.toplevel.join("bin/switch-to-configuration"))
+        .arg("boot")
+        .env("NIXDISK_EXAMPLE_ROOT", &stage)
+        .env("NIXDISK_EXAMPLE_ESP", "/boot")
+        .output()
+        .expect("switch-to-configuration runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("built to fail"), "{stderr}");
+    assert_eq!(
+        fs::read_dir(stage.join("boot"))
+            .expect("/boot is there")
+            .count(),
+        0
+    );
+}

@@ -12,8 +12,10 @@
 #   bootloader   "systemd-boot", "grub" or "both"
 #   grubDevice   the disk GRUB is installed to (nixdisk links it to the target)
 #   label        file-system label of the root the initrd mounts by default
+#   brokenSwitch "1" for a system whose switch-to-configuration fails
 { busybox, kernel, systemdBoot, grub
-, marker ? "example", bootloader ? "both", grubDevice ? "/dev/vda", label ? "nixos" }:
+, marker ? "example", bootloader ? "both", grubDevice ? "/dev/vda", label ? "nixos"
+, brokenSwitch ? "" }:
 
 assert builtins.match "[A-Za-z0-9._-]+" marker != null;
 assert builtins.match "[A-Za-z0-9._-]+" label != null;
@@ -47,7 +49,7 @@ let
 
   toplevel = run "nixos-system-nixdisk-example-${marker}" ./make-toplevel.sh {
     kernel = linux;
-    inherit initrd sw marker bootloader grubDevice;
+    inherit initrd sw marker bootloader grubDevice brokenSwitch;
     systemdBoot = sdboot;
     grub = grubPath;
     kernelParams = builtins.concatStringsSep " " kernelParams;

@@ -16,7 +16,7 @@ subst() {
   sed -e "s|@busybox@|$busybox|g" -e "s|@sw@|$sw|g" -e "s|@out@|$out|g" \
     -e "s|@marker@|$marker|g" -e "s|@systemdBoot@|$systemdBoot|g" \
     -e "s|@grub@|$grub|g" -e "s|@withSystemdBoot@|$withSystemdBoot|g" \
-    -e "s|@withGrub@|$withGrub|g" "$1" >"$2"
+    -e "s|@withGrub@|$withGrub|g" -e "s|@brokenSwitch@|$brokenSwitch|g" "$1" >"$2"
   chmod 0755 "$2"
 }
 subst "$stage2" "$out/init"

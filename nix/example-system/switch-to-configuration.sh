@@ -31,6 +31,7 @@ root=${root%/}
 log() { echo "switch-to-configuration: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+[ -z "@brokenSwitch@" ] || die "this example system was built to fail (build-example-system --broken-switch)"
 case "${1:-}" in
   boot) ;;
   switch|test|dry-activate) die "'$1' needs a running system; this example supports only 'boot'" ;;
