@@ -4,6 +4,8 @@
 //! in the flake, the name or the expression are bad input (exit 2), a
 //! failing build is a failed build (exit 1).
 
+mod nix_support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -267,40 +269,7 @@ fn flake_and_system_do_not_mix() {
 /// `scripts/build-example-system` builds gives the same toplevel.
 #[test]
 fn the_example_system_through_system_expr() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let marker = "nix-wrapper-expr";
-    let output = Command::new(repo.join("scripts/build-example-system"))
-        .args(["--marker", marker])
-        .output()
-        .expect("run scripts/build-example-system");
-    assert!(output.status.success(), "{}", stderr(&output));
-    let stdout = String::from_utf8(output.stdout).expect("UTF-8");
-    let toplevel = PathBuf::from(stdout.lines().next().expect("toplevel line"));
-
-    // The store paths the script added, found in the toplevel's closure.
-    let closure = Command::new("nix-store")
-        .arg("-qR")
-        .arg(&toplevel)
-        .output()
-        .expect("run nix-store -qR");
-    assert!(closure.status.success(), "{}", stderr(&closure));
-    let closure = String::from_utf8(closure.stdout).expect("UTF-8");
-    let input = |suffix: &str| {
-        closure
-            .lines()
-            .find(|path| path.contains(suffix))
-            .unwrap_or_else(|| panic!("no {suffix} in the closure:\n{closure}"))
-            .to_owned()
-    };
-    let expr = format!(
-        r#"(import {}/nix/example-system {{
-          busybox = "{}"; kernel = "{}"; systemdBoot = "{}"; grub = "{}"; marker = "{marker}";
-        }}).toplevel"#,
-        repo.display(),
-        input("-example-busybox"),
-        input("-example-linux-"),
-        input("-example-systemd-boot"),
-        input("-example-grub-i386-pc"),
-    );
-    assert_eq!(checked_system(&["--system-expr", &expr]), toplevel);
+    let example = nix_support::ExampleSystem::build("nix-wrapper-expr");
+    let expr = format!("({}).toplevel", example.expr());
+    assert_eq!(checked_system(&["--system-expr", &expr]), example.toplevel);
 }

@@ -172,3 +172,82 @@ impl StandIn {
         ))
     }
 }
+
+/// The example system as `scripts/build-example-system` builds it, with the
+/// store paths the script added as its inputs.
+pub struct ExampleSystem {
+    /// The toplevel.
+    pub toplevel: PathBuf,
+    /// The arguments of `nix/example-system` (a Nix set), store paths and marker.
+    pub args: String,
+}
+
+impl ExampleSystem {
+    /// Runs the script with `--marker MARKER` (fast when built before).
+    pub fn build(marker: &str) -> Self {
+        let output = Command::new(repo().join("scripts/build-example-system"))
+            .args(["--marker", marker])
+            .output()
+            .expect("run scripts/build-example-system");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).expect("UTF-8");
+        let toplevel = PathBuf::from(stdout.lines().next().expect("toplevel line"));
+        // The inputs the script added, found in the toplevel's closure.
+        let closure = Command::new("nix-store")
+            .arg("-qR")
+            .arg(&toplevel)
+            .output()
+            .expect("run nix-store -qR");
+        assert!(closure.status.success(), "{closure:?}");
+        let closure = String::from_utf8(closure.stdout).expect("UTF-8");
+        let input = |suffix: &str| {
+            closure
+                .lines()
+                .find(|path| path.contains(suffix))
+                .unwrap_or_else(|| panic!("no {suffix} in the closure:\n{closure}"))
+                .to_owned()
+        };
+        let args = format!(
+            r#"{{ busybox = "{}"; kernel = "{}"; systemdBoot = "{}"; grub = "{}"; marker = "{marker}"; }}"#,
+            input("-example-busybox"),
+            input("-example-linux-"),
+            input("-example-systemd-boot"),
+            input("-example-grub-i386-pc"),
+        );
+        ExampleSystem { toplevel, args }
+    }
+
+    /// The expression of the example system (a set with `toplevel`).
+    pub fn expr(&self) -> String {
+        format!(
+            "import {}/nix/example-system {}",
+            repo().display(),
+            self.args
+        )
+    }
+}
+
+/// The newest host kernel release with its modules: /boot/vmlinuz-<release>
+/// and /lib/modules/<release>.
+pub fn host_kernel_release() -> String {
+    let mut releases: Vec<String> = std::fs::read_dir("/boot")
+        .expect("read /boot")
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            let release = name.strip_prefix("vmlinuz-")?.to_owned();
+            Path::new("/lib/modules")
+                .join(&release)
+                .join("modules.dep")
+                .exists()
+                .then_some(release)
+        })
+        .collect();
+    releases.sort();
+    releases
+        .pop()
+        .expect("a kernel in /boot with modules (linux-image-amd64)")
+}
