@@ -101,7 +101,7 @@ pub enum FlakeError {
         source: std::io::Error,
     },
     /// Evaluation failed: the flake, the name or the expression is wrong.
-    #[error("cannot evaluate the system {what} (`{command}`):\n{stderr}")]
+    #[error("cannot evaluate the system {what} (`{command}`):\n{stderr}\n  hint: {hint}")]
     Eval {
         /// `--flake ...` or `--system-expr ...`.
         what: String,
@@ -109,6 +109,8 @@ pub enum FlakeError {
         command: String,
         /// Nix's last lines on stderr.
         stderr: String,
+        /// What to try.
+        hint: String,
     },
     /// Building the toplevel failed.
     #[error("building the system `{}` failed (`{command}`):\n{stderr}", drv.display())]
@@ -197,6 +199,20 @@ impl SystemSource {
         }
     }
 
+    /// What to try when evaluating the source failed.
+    pub fn eval_hint(&self) -> String {
+        match self {
+            SystemSource::Flake(flake) => format!(
+                "`nix flake show {}` lists the flake's nixosConfigurations; NAME must be one of them",
+                flake.reference
+            ),
+            SystemSource::Expr(_) => "the expression must give a NixOS configuration \
+                 (`import <nixpkgs/nixos> { configuration = ...; }`) or a toplevel derivation; \
+                 relative paths are taken from the current directory"
+                .to_owned(),
+        }
+    }
+
     /// How the source reads in messages.
     pub fn describe(&self) -> String {
         match self {
@@ -264,6 +280,7 @@ pub fn resolve(source: &SystemSource) -> Result<PathBuf, FlakeError> {
             what: source.describe(),
             command,
             stderr,
+            hint: source.eval_hint(),
         });
     }
     let toplevel = parse_eval_output(&command, &stdout)?;

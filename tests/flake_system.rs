@@ -172,7 +172,7 @@ fn evaluation_mistakes_are_bad_input_and_leave_nothing() {
     let out = flake.out();
     let out = out.to_str().expect("UTF-8 path");
     let cases = [
-        (flake.reference("missing"), "missing"),
+        (flake.reference("missing"), "nix flake show"),
         (flake.reference("notASystem"), "does not provide attribute"),
         (format!("path:{}", flake.root().display()), "REF#NAME"),
     ];
