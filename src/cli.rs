@@ -16,6 +16,7 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::{Map, Value};
 
+use crate::flake::BuiltSystem;
 use crate::progress::Verbosity;
 use crate::spec::{self, ImageSpec, SpecError};
 
@@ -202,7 +203,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 fn build(args: &BuildArgs) -> Result<(), CliError> {
-    let spec = load_spec_with_source(args.spec.as_deref(), &args.flags, &args.system_source)?;
+    // `_system` keeps a system built from --flake or --system-expr alive
+    // (a GC root) until the image is built.
+    let (spec, _system) =
+        load_spec_with_source(args.spec.as_deref(), &args.flags, &args.system_source)?;
     check_out_dir(&args.out).map_err(CliError::bad_input)?;
     tracing::info!(name = %spec.name, out = %args.out.display(), "building");
     crate::build::run(&spec, &args.out).map_err(CliError::build_failure)
@@ -210,7 +214,7 @@ fn build(args: &BuildArgs) -> Result<(), CliError> {
 
 fn spec_command(args: &SpecArgs) -> Result<(), CliError> {
     let spec = match &args.check {
-        Some(path) => load_spec_with_source(Some(path), &args.flags, &args.system_source)?,
+        Some(path) => load_spec_with_source(Some(path), &args.flags, &args.system_source)?.0,
         None => ImageSpec::default(),
     };
     let text = serde_json::to_string_pretty(&spec)
@@ -236,18 +240,19 @@ pub fn load_spec(path: Option<&Path>, flags: &SpecFlags) -> Result<ImageSpec, Cl
 /// [`load_spec`], with the system from `--flake` or `--system-expr` when one
 /// is given: the spec file is parsed first (a typo fails before a long
 /// evaluation), then Nix evaluates and builds the system, whose toplevel
-/// becomes `system` as if given with `--system`.
+/// becomes `system` as if given with `--system`. The [`BuiltSystem`] keeps
+/// that toplevel from Nix's garbage collector while it lives.
 pub fn load_spec_with_source(
     path: Option<&Path>,
     flags: &SpecFlags,
     source: &SystemSourceFlags,
-) -> Result<ImageSpec, CliError> {
+) -> Result<(ImageSpec, Option<BuiltSystem>), CliError> {
     let Some(source) = source.source().map_err(CliError::bad_input)? else {
-        return load_spec(path, flags);
+        return load_spec(path, flags).map(|spec| (spec, None));
     };
     let base = read_spec_object(path)?;
     spec::spec_from_object(base.clone()).map_err(CliError::bad_input)?;
-    let toplevel = crate::flake::resolve(&source).map_err(|error| {
+    let system = crate::flake::resolve(&source).map_err(|error| {
         if error.is_build_failure() {
             CliError::build_failure(error)
         } else {
@@ -255,10 +260,10 @@ pub fn load_spec_with_source(
         }
     })?;
     let flags = SpecFlags {
-        system: vec![toplevel],
+        system: vec![system.toplevel.clone()],
         ..flags.clone()
     };
-    check_spec(base, &flags)
+    Ok((check_spec(base, &flags)?, Some(system)))
 }
 
 /// The spec file's JSON object; empty without a file.

@@ -122,6 +122,14 @@ pub enum FlakeError {
         /// Nix's last lines on stderr.
         stderr: String,
     },
+    /// The temporary directory for the system's GC root could not be made.
+    #[error(
+        "cannot create a temporary directory for the system's GC root: {source}\n  hint: is $TMPDIR writable?"
+    )]
+    RootDir {
+        /// Why.
+        source: std::io::Error,
+    },
     /// A command printed something nixdisk does not understand.
     #[error("`{command}` printed {output:?}, not {expected}")]
     UnexpectedOutput {
@@ -245,12 +253,16 @@ pub fn eval_command(source: &SystemSource) -> Vec<String> {
     argv
 }
 
-/// The command that builds the toplevel's derivation.
-pub fn realise_command(drv: &Path) -> Vec<String> {
+/// The command that builds the toplevel's derivation and links it from
+/// `root`, a garbage-collector root while the link exists.
+pub fn realise_command(drv: &Path, root: &Path) -> Vec<String> {
     vec![
         "nix-store".to_owned(),
         "--realise".to_owned(),
         drv.display().to_string(),
+        "--add-root".to_owned(),
+        root.display().to_string(),
+        "--indirect".to_owned(),
     ]
 }
 
@@ -269,8 +281,19 @@ pub fn parse_eval_output(command: &str, stdout: &str) -> Result<Toplevel, FlakeE
     Ok(toplevel)
 }
 
-/// Evaluates and builds the system; returns its toplevel store path.
-pub fn resolve(source: &SystemSource) -> Result<PathBuf, FlakeError> {
+/// A built system's toplevel, kept from Nix's garbage collector while this
+/// value lives: a GC root links to it from a temporary directory, so a
+/// `nix-collect-garbage` during a long image build cannot remove it.
+#[derive(Debug)]
+pub struct BuiltSystem {
+    /// The toplevel store path.
+    pub toplevel: PathBuf,
+    /// Holds the GC root; removing it (on drop) releases the toplevel.
+    _root: tempfile::TempDir,
+}
+
+/// Evaluates and builds the system; returns its toplevel, rooted.
+pub fn resolve(source: &SystemSource) -> Result<BuiltSystem, FlakeError> {
     let argv = eval_command(source);
     let command = shell_words(&argv);
     tracing::info!(%command, "evaluating the system");
@@ -286,7 +309,12 @@ pub fn resolve(source: &SystemSource) -> Result<PathBuf, FlakeError> {
     let toplevel = parse_eval_output(&command, &stdout)?;
     tracing::debug!(?toplevel, "system evaluated");
 
-    let argv = realise_command(&toplevel.drv_path);
+    let root_dir = tempfile::Builder::new()
+        .prefix("nixdisk-system-")
+        .tempdir()
+        .map_err(|source| FlakeError::RootDir { source })?;
+    let root = root_dir.path().join("system");
+    let argv = realise_command(&toplevel.drv_path, &root);
     let command = shell_words(&argv);
     tracing::info!(drv = %toplevel.drv_path.display(), "building the system");
     let (ok, stdout, stderr) = run(&argv)?;
@@ -297,19 +325,20 @@ pub fn resolve(source: &SystemSource) -> Result<PathBuf, FlakeError> {
             stderr,
         });
     }
-    // nix-store prints every output; the toplevel has one, `out`.
-    let built = stdout
-        .lines()
-        .any(|line| Path::new(line.trim()) == toplevel.out_path);
-    if !built || !toplevel.out_path.exists() {
+    // The root links to the toplevel's one output, `out`.
+    let linked = std::fs::read_link(&root).ok();
+    if linked.as_deref() != Some(toplevel.out_path.as_path()) || !toplevel.out_path.exists() {
         return Err(FlakeError::UnexpectedOutput {
             command,
             output: stdout.trim().to_owned(),
-            expected: "the toplevel's output path, built",
+            expected: "the toplevel's output path, built and linked from the GC root",
         });
     }
     tracing::info!(system = %toplevel.out_path.display(), "system built");
-    Ok(toplevel.out_path)
+    Ok(BuiltSystem {
+        toplevel: toplevel.out_path,
+        _root: root_dir,
+    })
 }
 
 /// Runs `argv`, logging its stderr as it comes; returns success, stdout,
@@ -443,8 +472,15 @@ mod tests {
             ["--impure", "--expr", "import ./c.nix", "--apply", APPLY]
         );
         assert_eq!(
-            realise_command(Path::new("/nix/store/a-x.drv")),
-            ["nix-store", "--realise", "/nix/store/a-x.drv"]
+            realise_command(Path::new("/nix/store/a-x.drv"), Path::new("/tmp/r/system")),
+            [
+                "nix-store",
+                "--realise",
+                "/nix/store/a-x.drv",
+                "--add-root",
+                "/tmp/r/system",
+                "--indirect"
+            ]
         );
     }
 

@@ -273,3 +273,31 @@ fn the_example_system_through_system_expr() {
     let expr = format!("({}).toplevel", example.expr());
     assert_eq!(checked_system(&["--system-expr", &expr]), example.toplevel);
 }
+
+/// The built toplevel stays a GC root while nixdisk holds it, and not after.
+#[test]
+fn the_built_system_is_a_gc_root_while_held() {
+    let flake = TestFlake::new();
+    let reference = flake.reference("x");
+    let source = nixdisk::flake::SystemSource::from_flags(Some(&reference), None)
+        .expect("flake reference")
+        .expect("a source");
+    let system = nixdisk::flake::resolve(&source).expect("resolve the flake");
+    let toplevel = system.toplevel.clone();
+    assert!(rooted_by_nixdisk(&toplevel));
+    drop(system);
+    assert!(!rooted_by_nixdisk(&toplevel));
+}
+
+/// Whether `nix-store --gc --print-roots` lists a nixdisk root of `path`.
+fn rooted_by_nixdisk(path: &Path) -> bool {
+    let output = Command::new("nix-store")
+        .args(["--gc", "--print-roots"])
+        .output()
+        .expect("run nix-store --gc --print-roots");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let path = path.to_string_lossy();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .any(|line| line.contains("/nixdisk-system-") && line.ends_with(&*path))
+}
