@@ -1,0 +1,1 @@
+//! Golden tables for every layout, and properties over disk and boot sizes.
