@@ -166,7 +166,10 @@ fn layout_of(kind: TableKind, roles: &[Role]) -> Option<PartitionTableType> {
         (TableKind::Gpt { .. }, [BiosBoot, Root]) => PartitionTableType::LegacyGpt,
         (TableKind::Gpt { .. }, [Esp, Root]) => PartitionTableType::Efi,
         (TableKind::Gpt { .. }, [Esp, Xbootldr, Root]) => PartitionTableType::EfiXbootldr,
-        (TableKind::Hybrid { .. }, [Esp, BiosBoot, Root]) => PartitionTableType::Hybrid,
+        // make-disk-image's own hybrid images carry only a protective MBR.
+        (TableKind::Gpt { .. } | TableKind::Hybrid { .. }, [Esp, BiosBoot, Root]) => {
+            PartitionTableType::Hybrid
+        }
         _ => return None,
     })
 }
