@@ -282,3 +282,21 @@ fn a_table_nixdisk_does_not_write_is_named_in_the_error() {
         "{message}"
     );
 }
+
+#[test]
+fn a_whole_disk_file_system_reads_as_no_table() {
+    // A FAT boot sector ends in the same 0x55AA signature as an MBR.
+    let makers: [(&str, &[&str], FsType); 2] = [
+        ("mkfs.vfat", &[], FsType::Vfat),
+        ("mkfs.ext4", &["-q"], FsType::Ext4),
+    ];
+    for (mkfs, args, fs_type) in makers {
+        let spec = spec(PartitionTableType::None, fs_type);
+        let table = layout::plan(&spec, 64 * MIB).expect("a table");
+        let image = Image::new(64 * MIB);
+        layout::write_table(&table, &image.path).expect("nothing to write");
+        run(mkfs, args, &image.path);
+        let read = layout::read_table(&image.path, fs_type).expect("no table");
+        assert_eq!(read, table, "{mkfs}");
+    }
+}

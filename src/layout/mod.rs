@@ -165,6 +165,10 @@ impl PartitionTable {
 
 /// The root partition of a table. Every layout has exactly one, which
 /// [`plan`] and [`read_table`] guarantee.
+///
+/// # Panics
+///
+/// On a hand-made table without a root partition.
 pub fn root_partition(table: &PartitionTable) -> &Partition {
     table
         .partitions
@@ -178,7 +182,7 @@ pub fn root_partition(table: &PartitionTable) -> &Partition {
 pub enum LayoutError {
     #[error(
         "diskSize {disk_size} is too small for the `{layout}` layout with bootSize {boot_size}: \
-         it needs at least {minimum} ({minimum_bytes} bytes), which leaves 1 MiB for the root file system\n\
+         it needs at least {minimum} ({minimum_bytes} bytes) for its partitions and a 1 MiB root partition\n\
          hint: raise diskSize, or set it to \"auto\""
     )]
     DiskTooSmall {

@@ -124,7 +124,12 @@ fn mbr_entries(table: &PartitionTable, hybrid: bool) -> Vec<MBRPartitionEntry> {
             .map(|p| p.start / SECTOR_SIZE)
             .min()
             .unwrap_or(table.disk_size / SECTOR_SIZE);
-        entries.push(mbr_entry(1, first - 1, MBR_GPT_PROTECTIVE, false));
+        entries.push(mbr_entry(
+            1,
+            first.saturating_sub(1),
+            MBR_GPT_PROTECTIVE,
+            false,
+        ));
     }
     for partition in mirrored {
         let (first, last) = lba_range(partition);
