@@ -4,6 +4,7 @@
 //! reader gives back the planned table.
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -163,8 +164,11 @@ fn large_sparse_disks_use_64_bit_sector_numbers() {
         write_and_check(&spec(layout, FsType::Ext4), 2 * TIB);
     }
     for layout in [PartitionTableType::Efi, PartitionTableType::EfiXbootldr] {
-        let (table, _image) = write_and_check(&spec(layout, FsType::Btrfs), 3 * TIB);
+        let (table, image) = write_and_check(&spec(layout, FsType::Btrfs), 3 * TIB);
         assert_eq!(table.root().end(), 3 * TIB - MIB);
+        // Only the table's sectors are written: the image stays sparse.
+        let allocated = std::fs::metadata(&image.path).expect("the image").blocks() * 512;
+        assert!(allocated <= MIB, "{allocated} bytes allocated");
     }
 }
 

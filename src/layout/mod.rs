@@ -13,6 +13,8 @@ mod read;
 mod write;
 
 #[cfg(test)]
+mod plan_props;
+#[cfg(test)]
 mod plan_tests;
 
 use std::path::PathBuf;
@@ -27,7 +29,7 @@ pub use guids::{
     MBR_UEFI_SYSTEM, XBOOTLDR_TYPE,
 };
 pub use plan::{disk_size_for_root, minimum_disk_size, plan};
-pub use read::read_table;
+pub use read::{read_table, read_table_from};
 pub use write::{write_table, write_table_to};
 
 /// Bytes per logical sector. Images are written with 512-byte sectors, as
