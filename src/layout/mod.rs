@@ -182,6 +182,7 @@ pub fn root_partition(table: &PartitionTable) -> &Partition {
 /// What went wrong planning, writing or reading a partition table.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
+    /// The disk cannot hold the layout's partitions and a minimal root.
     #[error(
         "diskSize {disk_size} is too small for the `{layout}` layout with bootSize {boot_size}: \
          it needs at least {minimum} ({minimum_bytes} bytes) for its partitions and a 1 MiB root partition\n\
@@ -194,6 +195,7 @@ pub enum LayoutError {
         minimum: ByteSize,
         minimum_bytes: u64,
     },
+    /// bootSize leaves no room for the layout's boot partitions.
     #[error(
         "bootSize {boot_size} is too small for the `{layout}` layout: {reason}, so it must be at least {minimum}"
     )]
@@ -203,6 +205,7 @@ pub enum LayoutError {
         minimum: ByteSize,
         reason: &'static str,
     },
+    /// An MBR layout on a disk past what MBR entries address.
     #[error(
         "diskSize {disk_size} is too large for the `{layout}` layout: an MBR addresses at most 2 TiB\n\
          hint: use a GPT layout (legacy+gpt, efi, efixbootldr) for larger disks"
@@ -211,6 +214,7 @@ pub enum LayoutError {
         layout: &'static str,
         disk_size: ByteSize,
     },
+    /// rootGPUID does not parse as a GUID.
     #[error(
         "rootGPUID `{value}` is not a GUID: write 32 hex digits as 8-4-4-4-12, like F222513B-DED1-49FA-B591-20CE86A2FE7F"
     )]
@@ -219,6 +223,7 @@ pub enum LayoutError {
         #[source]
         source: uuid::Error,
     },
+    /// Opening, sizing, reading or writing the disk failed.
     #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
@@ -226,6 +231,7 @@ pub enum LayoutError {
         #[source]
         source: std::io::Error,
     },
+    /// The disk is not the size the table was planned for.
     #[error(
         "{path} holds {actual} bytes, but the partition table was planned for a disk of {expected} bytes"
     )]
@@ -234,6 +240,7 @@ pub enum LayoutError {
         expected: u64,
         actual: u64,
     },
+    /// gptman could not read or write the GPT.
     #[error("cannot {action} the GPT of {path}")]
     Gpt {
         action: &'static str,
@@ -241,6 +248,7 @@ pub enum LayoutError {
         #[source]
         source: gptman::Error,
     },
+    /// mbrman could not read or write the MBR.
     #[error("cannot {action} the MBR of {path}")]
     Mbr {
         action: &'static str,
@@ -248,6 +256,7 @@ pub enum LayoutError {
         #[source]
         source: mbrman::Error,
     },
+    /// The disk's table matches none of the layouts.
     #[error("the partition table of {path} is not one nixdisk writes: {reason}")]
     UnknownTable { path: PathBuf, reason: String },
 }
