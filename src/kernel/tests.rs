@@ -224,3 +224,19 @@ fn discovery_picks_the_newest_kernel_with_modules() {
         "{err}"
     );
 }
+
+#[test]
+fn module_names_follow_the_file_system_and_firmware() {
+    use crate::spec::FsType;
+    let ext4 = builder_module_names(FsType::Ext4, false);
+    assert!(
+        ext4.contains(&"ext4")
+            && !ext4.contains(&"xfs")
+            && !ext4.contains(&"btrfs")
+            && !ext4.contains(&"efivarfs")
+    );
+    assert_eq!(builder_module_names(FsType::Ext2, false), ext4);
+    let xfs = builder_module_names(FsType::Xfs, true);
+    assert_eq!(&xfs[BASE_MODULES.len()..], ["xfs", "efivarfs"]);
+    assert_eq!(builder_module_names(FsType::Vfat, false), BASE_MODULES);
+}

@@ -6,7 +6,6 @@
 //! the setup header gives the compressed payload's offset and length, its
 //! magic the compression. Parsing is pure; [`pvh_vmlinux`] adds the cache.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, info};
@@ -138,14 +137,37 @@ pub fn decompress_payload(
     compression: Compression,
 ) -> std::io::Result<Option<Vec<u8>>> {
     match compression {
-        Compression::Xz => {
-            let mut out = Vec::with_capacity(payload.len() * 5);
-            // A single-stream decoder stops at the stream end, ignoring the
-            // 4-byte decompressed size the kernel build appends.
-            xz2::read::XzDecoder::new(payload).read_to_end(&mut out)?;
-            Ok(Some(out))
-        }
+        Compression::Xz => decompress_xz_stream(payload).map(Some),
         Compression::Gzip | Compression::Zstd | Compression::Other => Ok(None),
+    }
+}
+
+/// Decodes the one xz stream at the start of `input`, ignoring what
+/// follows it (the kernel build appends the decompressed size, which a
+/// stream-reading decoder would take for a corrupt second stream).
+pub fn decompress_xz_stream(input: &[u8]) -> std::io::Result<Vec<u8>> {
+    use xz2::stream::{Action, Status, Stream};
+    let invalid = |e: xz2::stream::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let mut stream = Stream::new_stream_decoder(u64::MAX, 0).map_err(invalid)?;
+    let mut out = Vec::with_capacity(input.len() * 8);
+    loop {
+        let (before_in, before_out) = (stream.total_in(), stream.total_out());
+        let rest = input.get(before_in as usize..).unwrap_or_default();
+        if stream
+            .process_vec(rest, &mut out, Action::Finish)
+            .map_err(invalid)?
+            == Status::StreamEnd
+        {
+            return Ok(out);
+        }
+        if out.len() == out.capacity() {
+            out.reserve(out.capacity().max(1 << 20));
+        } else if stream.total_in() == before_in && stream.total_out() == before_out {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "xz stream ends early",
+            ));
+        }
     }
 }
 
