@@ -300,3 +300,77 @@ fn builds_are_deterministic_and_cached_by_content() {
     assert_ne!(other, first);
     assert_ne!(std::fs::read(&other).expect("read"), one);
 }
+
+/// A minimal ELF64 whose one PT_NOTE is a `Xen` PHYS32_ENTRY note, padded
+/// with text so the compressors have something to chew on.
+fn pvh_elf() -> Vec<u8> {
+    let mut note = Vec::new();
+    note.extend(4u32.to_le_bytes());
+    note.extend(4u32.to_le_bytes());
+    note.extend(18u32.to_le_bytes());
+    note.extend(b"Xen\0");
+    note.extend(0x0100_0000u32.to_le_bytes());
+    let mut elf = vec![0u8; 120];
+    elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+    elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+    elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+    elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+    elf[64..68].copy_from_slice(&4u32.to_le_bytes());
+    elf[72..80].copy_from_slice(&120u64.to_le_bytes());
+    elf[96..104].copy_from_slice(&(note.len() as u64).to_le_bytes());
+    elf.extend(note);
+    elf.extend("kernel text ".repeat(4096).as_bytes());
+    elf
+}
+
+/// A bzImage whose payload is `elf` compressed by `tool` (the real CLI),
+/// followed by the 4-byte size the kernel build appends.
+fn fake_bzimage(elf: &[u8], tool: &[&str], dir: &Path) -> Vec<u8> {
+    let raw = dir.join("vmlinux.bin");
+    std::fs::write(&raw, elf).expect("write");
+    let out = Command::new(tool[0])
+        .args(&tool[1..])
+        .arg(&raw)
+        .output()
+        .expect("compressor runs");
+    assert!(
+        out.status.success(),
+        "{tool:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut payload = out.stdout;
+    payload.extend((elf.len() as u32).to_le_bytes());
+    let mut image = vec![0u8; 1024];
+    image[0x1f1] = 1;
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+    image[0x300..0x30c].copy_from_slice(b"9.9.9-test \0");
+    image[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    image.extend(payload);
+    image
+}
+
+#[test]
+fn xz_gzip_and_zstd_payloads_are_extracted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let elf = pvh_elf();
+    let tools: [&[&str]; 3] = [
+        &["xz", "--check=crc32", "--x86", "--lzma2=", "-c"],
+        &["gzip", "-9", "-n", "-c"],
+        &["zstd", "-19", "-q", "-c"],
+    ];
+    for tool in tools {
+        let image_path = dir.path().join(format!("vmlinuz-{}", tool[0]));
+        std::fs::write(&image_path, fake_bzimage(&elf, tool, dir.path())).expect("write image");
+        let cache = Cache::at(dir.path().join(format!("cache-{}", tool[0])));
+        let path = pvh_vmlinux(&image_path, "9.9.9-test", &cache)
+            .expect("extract")
+            .expect("has the PVH note");
+        assert!(
+            std::fs::read(&path).expect("read") == elf,
+            "{}: extracted ELF differs",
+            tool[0]
+        );
+    }
+}

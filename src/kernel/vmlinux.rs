@@ -24,7 +24,7 @@ pub enum Compression {
     Xz,
     /// gzip.
     Gzip,
-    /// zstd.
+    /// zstd (nixpkgs' choice).
     Zstd,
     /// Anything else (lzma, bzip2, lzo, lz4, or none).
     Other,
@@ -130,16 +130,29 @@ pub fn pvh_entry(elf: &[u8]) -> Option<u32> {
 }
 
 /// Decompresses a bzImage payload to the vmlinux ELF. `Ok(None)` when the
-/// compression is one nixdisk does not decompress (only xz, Debian's, is
-/// supported): the caller then boots the bzImage.
+/// compression is one nixdisk does not decompress (lzma, bzip2, lzo, lz4):
+/// the caller then boots the bzImage. Debian uses xz, nixpkgs zstd.
 pub fn decompress_payload(
     payload: &[u8],
     compression: Compression,
 ) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(payload.len() * 8);
     match compression {
-        Compression::Xz => decompress_xz_stream(payload).map(Some),
-        Compression::Gzip | Compression::Zstd | Compression::Other => Ok(None),
+        Compression::Xz => return decompress_xz_stream(payload).map(Some),
+        // Both decoders stop at the end of the first member/frame, before the
+        // 4-byte size the kernel build appends.
+        Compression::Gzip => {
+            flate2::read::GzDecoder::new(payload).read_to_end(&mut out)?;
+        }
+        Compression::Zstd => {
+            let mut decoder = ruzstd::decoding::StreamingDecoder::new(payload)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            decoder.read_to_end(&mut out)?;
+        }
+        Compression::Other => return Ok(None),
     }
+    Ok(Some(out))
 }
 
 /// Decodes the one xz stream at the start of `input`, ignoring what
