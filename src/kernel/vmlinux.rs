@@ -32,7 +32,7 @@ pub enum Compression {
 
 /// Reads a little-endian integer of `N` bytes at `at`.
 fn le<const N: usize>(bytes: &[u8], at: usize) -> Option<u64> {
-    let s = bytes.get(at..at + N)?;
+    let s = bytes.get(at..at.checked_add(N)?)?;
     Some(
         s.iter()
             .rev()
@@ -102,7 +102,7 @@ pub fn pvh_entry(elf: &[u8]) -> Option<u32> {
     let phentsize = le::<2>(elf, 0x36)? as usize;
     let phnum = le::<2>(elf, 0x38)? as usize;
     for i in 0..phnum {
-        let ph = phoff + i * phentsize;
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
         if le::<4>(elf, ph)? as u32 != PT_NOTE {
             continue;
         }
