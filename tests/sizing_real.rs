@@ -331,3 +331,104 @@ fn vfat_boot_tree() {
 fn vfat_many_small_files() {
     check_vfat("small files", many_small_files, 0);
 }
+
+/// Builds the read-only images and checks the computed size is an upper bound.
+fn check_read_only(name: &str, build: fn(&Path)) {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    build(&tree);
+    let stats = TreeStats::measure_dir(&tree).unwrap();
+    let image = work.path().join("image");
+    let commands: [(FsType, Command); 3] = [
+        (FsType::Erofs, {
+            let mut c = Command::new("mkfs.erofs");
+            c.arg("--quiet").arg(&image).arg(&tree);
+            c
+        }),
+        // Uncompressed: the bound must hold even where compression gains nothing.
+        (FsType::Squashfs, {
+            let mut c = Command::new("mksquashfs");
+            c.arg(&tree)
+                .arg(&image)
+                .args(["-noappend", "-quiet", "-noI", "-noD", "-noF", "-noX"]);
+            c
+        }),
+        (FsType::Squashfs, {
+            let mut c = Command::new("mksquashfs");
+            c.arg(&tree).arg(&image).args(["-noappend", "-quiet"]);
+            c
+        }),
+    ];
+    for (fs, mut command) in commands {
+        let size = fs_size(fs, &stats, 0, nixdisk::sizing::default_block_size(fs)).unwrap();
+        let _ = fs::remove_file(&image);
+        run(&mut command);
+        let made = fs::metadata(&image).unwrap().len();
+        eprintln!(
+            "{name} ({fs:?}, {:?}): computed {} bytes, made {made} bytes ({:.1}% of the bound)",
+            command.get_program(),
+            size.bytes,
+            100.0 * made as f64 / size.bytes as f64
+        );
+        assert!(
+            made <= size.bytes,
+            "{name}: {fs:?} image of {made} bytes exceeds the computed {}",
+            size.bytes
+        );
+    }
+}
+
+#[test]
+fn read_only_images_stay_within_the_bound() {
+    check_read_only("small files", many_small_files);
+    check_read_only("links", links_and_big_directory);
+    check_read_only("large files", large_files);
+}
+
+/// btrfs made with `mkfs.btrfs --rootdir` into a file of the computed size.
+#[test]
+fn btrfs_holds_the_tree_at_the_computed_size() {
+    for (name, build) in [
+        ("small files", many_small_files as fn(&Path)),
+        ("large files", large_files),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let tree = work.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        build(&tree);
+        let stats = TreeStats::measure_dir(&tree).unwrap();
+        let size = fs_size(FsType::Btrfs, &stats, 0, 4096).unwrap();
+        let image = work.path().join("image");
+        fs::File::create(&image)
+            .unwrap()
+            .set_len(size.bytes)
+            .unwrap();
+        run(Command::new("mkfs.btrfs")
+            .arg("-q")
+            .arg("--rootdir")
+            .arg(&tree)
+            .arg(&image));
+        run(Command::new("btrfs")
+            .args(["check", "--readonly"])
+            .arg(&image));
+        let super_block = run(Command::new("btrfs")
+            .args(["inspect-internal", "dump-super"])
+            .arg(&image));
+        let used = field(&super_block, "bytes_used");
+        // mkfs.btrfs --rootdir enlarges a regular file to its own, far larger
+        // estimate; on a device of the computed size what counts is the use.
+        let file = fs::metadata(&image).unwrap().len();
+        eprintln!(
+            "{name} (btrfs): size {} MiB, {used} bytes used ({:.1}%), mkfs.btrfs made the file {} MiB",
+            size.bytes / MIB,
+            100.0 * used as f64 / size.bytes as f64,
+            file / MIB
+        );
+        assert!(
+            used <= size.bytes,
+            "{name}: btrfs uses {used} bytes, more than the computed {}",
+            size.bytes
+        );
+    }
+}
