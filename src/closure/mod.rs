@@ -8,7 +8,7 @@
 //! `nix-path-registration` file a booted NixOS loads on first start.
 //!
 //! Parsing and checking are pure ([`registration`]); running `nix-store` is
-//! the one effect and lives in [`nix_store`].
+//! the one effect and lives in the private `nix_store` module.
 
 mod nix_store;
 pub mod registration;
