@@ -618,9 +618,10 @@ fn install_hybrid(toplevel: &Path, disk: &Loop, part: &Loop, mnt: &Path, esp_dir
         .env("NIXOS_INSTALL_BOOTLOADER", "1"));
 }
 
-#[test]
-fn hybrid_system_boots_on_ovmf_and_seabios() {
-    let system = build(&["--marker", "hybrid", "--bootloader", "both"]);
+/// A hybrid disk (GPT with a BIOS boot partition, ESP at /boot, root) of a
+/// system with `bootloader` boots to generation 1 on SeaBIOS and on OVMF.
+fn hybrid_boots_on_seabios_and_ovmf(bootloader: &str, marker: &str) {
+    let system = build(&["--marker", marker, "--bootloader", bootloader]);
     let dir = tempfile::tempdir().expect("a temp dir");
     let stage = dir.path().join("stage");
     stage_root(&stage, &[&system.toplevel]);
@@ -655,8 +656,8 @@ fn hybrid_system_boots_on_ovmf_and_seabios() {
             &esp_dir,
         );
     }
-    assert!(esp_dir.join("loader/loader.conf").is_file());
     assert!(esp_dir.join("grub/grub.cfg").is_file());
+    assert!(esp_dir.join("EFI/BOOT/BOOTX64.EFI").is_file());
     make_fat(&esp, &esp_dir, 96, "ESP");
     place(&disk, &esp, 2);
 
@@ -665,7 +666,7 @@ fn hybrid_system_boots_on_ovmf_and_seabios() {
         &disk,
         &dir.path().join("console-bios.log"),
     );
-    vm.wait_for(&booted(1, "hybrid"));
+    vm.wait_for(&booted(1, marker));
     vm.wait_for_exit();
     drop(vm);
     let vars = dir.path().join("vars.fd");
@@ -675,8 +676,18 @@ fn hybrid_system_boots_on_ovmf_and_seabios() {
         &disk,
         &dir.path().join("console-efi.log"),
     );
-    vm.wait_for(&booted(1, "hybrid"));
+    vm.wait_for(&booted(1, marker));
     vm.wait_for_exit();
+}
+
+#[test]
+fn hybrid_with_systemd_boot_and_grub_boots_on_seabios_and_ovmf() {
+    hybrid_boots_on_seabios_and_ovmf("both", "hybrid");
+}
+
+#[test]
+fn hybrid_with_grub_for_bios_and_efi_boots_on_seabios_and_ovmf() {
+    hybrid_boots_on_seabios_and_ovmf("grub-both", "grubhybrid");
 }
 
 #[test]
