@@ -3,7 +3,8 @@
 //! has the shape of a NixOS system, its closureInfo lists its closure, and it
 //! boots for real: by direct kernel boot, through systemd-boot on OVMF (with
 //! the ESP alone and with an XBOOTLDR partition), and through GRUB on SeaBIOS
-//! after switch-to-configuration ran in a chroot holding only the store.
+//! after switch-to-configuration ran in a chroot holding only the store,
+//! through GRUB for EFI on OVMF, and a hybrid disk on both firmwares.
 //!
 //! Needs root, Debian's nix-bin, QEMU, OVMF, mtools, gdisk, fdisk and loop
 //! devices (scripts/setup installs them).
@@ -229,9 +230,10 @@ fn boots_to_its_marker_by_direct_kernel_boot() {
     vm.wait_for_exit();
 }
 
-/// Runs the newest generation's switch-to-configuration on the host against
-/// the staged root, with the ESP (and XBOOTLDR) as directories inside it.
-fn install_systemd_boot(stage: &Path, toplevel: &Path, esp: &str, xbootldr: Option<&str>) {
+/// Runs `toplevel`'s switch-to-configuration on the host against the staged
+/// root, with the ESP (and XBOOTLDR) as directories inside it (enough for
+/// every loader but GRUB for BIOS, whose boot code needs a real disk).
+fn install_with_root_prefix(stage: &Path, toplevel: &Path, esp: &str, xbootldr: Option<&str>) {
     let mut cmd = Command::new(toplevel.join("bin/switch-to-configuration"));
     cmd.arg("boot")
         .env("NIXDISK_EXAMPLE_ROOT", stage)
@@ -250,7 +252,7 @@ fn systemd_boot_on_ovmf_boots_the_default_and_a_chosen_generation() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let stage = dir.path().join("stage");
     stage_root(&stage, &[&one.toplevel, &two.toplevel]);
-    install_systemd_boot(&stage, &two.toplevel, "/boot", None);
+    install_with_root_prefix(&stage, &two.toplevel, "/boot", None);
 
     let loader = read(&stage.join("boot/loader/loader.conf"));
     assert!(
@@ -318,7 +320,7 @@ fn systemd_boot_with_xbootldr_boots_on_ovmf() {
     let stage = dir.path().join("stage");
     stage_root(&stage, &[&system.toplevel]);
     fs::create_dir_all(stage.join("efi")).expect("/efi can be made");
-    install_systemd_boot(&stage, &system.toplevel, "/efi", Some("/boot"));
+    install_with_root_prefix(&stage, &system.toplevel, "/efi", Some("/boot"));
     assert!(stage.join("efi/loader/loader.conf").is_file());
     assert!(
         stage
@@ -529,7 +531,7 @@ fn switch_to_configuration_follows_the_profile_links() {
     fs::remove_file(profiles.join("system")).expect("system link can be removed");
     std::os::unix::fs::symlink("system-1-link", profiles.join("system"))
         .expect("system link can be made");
-    install_systemd_boot(&stage, &two.toplevel, "/boot", None);
+    install_with_root_prefix(&stage, &two.toplevel, "/boot", None);
     let loader = read(&stage.join("boot/loader/loader.conf"));
     assert!(
         loader.contains("default nixos-generation-1.conf"),
@@ -542,7 +544,7 @@ fn switch_to_configuration_follows_the_profile_links() {
 
     // A removed generation loses its entry; files still used stay.
     fs::remove_file(profiles.join("system-1-link")).expect("link can be removed");
-    install_systemd_boot(&stage, &two.toplevel, "/boot", None);
+    install_with_root_prefix(&stage, &two.toplevel, "/boot", None);
     let loader = read(&stage.join("boot/loader/loader.conf"));
     assert!(
         loader.contains("default nixos-generation-2.conf"),
@@ -616,9 +618,10 @@ fn install_hybrid(toplevel: &Path, disk: &Loop, part: &Loop, mnt: &Path, esp_dir
         .env("NIXOS_INSTALL_BOOTLOADER", "1"));
 }
 
-#[test]
-fn hybrid_system_boots_on_ovmf_and_seabios() {
-    let system = build(&["--marker", "hybrid", "--bootloader", "both"]);
+/// A hybrid disk (GPT with a BIOS boot partition, ESP at /boot, root) of a
+/// system with `bootloader` boots to generation 1 on SeaBIOS and on OVMF.
+fn hybrid_boots_on_seabios_and_ovmf(bootloader: &str, marker: &str) {
+    let system = build(&["--marker", marker, "--bootloader", bootloader]);
     let dir = tempfile::tempdir().expect("a temp dir");
     let stage = dir.path().join("stage");
     stage_root(&stage, &[&system.toplevel]);
@@ -653,8 +656,8 @@ fn hybrid_system_boots_on_ovmf_and_seabios() {
             &esp_dir,
         );
     }
-    assert!(esp_dir.join("loader/loader.conf").is_file());
     assert!(esp_dir.join("grub/grub.cfg").is_file());
+    assert!(esp_dir.join("EFI/BOOT/BOOTX64.EFI").is_file());
     make_fat(&esp, &esp_dir, 96, "ESP");
     place(&disk, &esp, 2);
 
@@ -663,7 +666,7 @@ fn hybrid_system_boots_on_ovmf_and_seabios() {
         &disk,
         &dir.path().join("console-bios.log"),
     );
-    vm.wait_for(&booted(1, "hybrid"));
+    vm.wait_for(&booted(1, marker));
     vm.wait_for_exit();
     drop(vm);
     let vars = dir.path().join("vars.fd");
@@ -673,8 +676,18 @@ fn hybrid_system_boots_on_ovmf_and_seabios() {
         &disk,
         &dir.path().join("console-efi.log"),
     );
-    vm.wait_for(&booted(1, "hybrid"));
+    vm.wait_for(&booted(1, marker));
     vm.wait_for_exit();
+}
+
+#[test]
+fn hybrid_with_systemd_boot_and_grub_boots_on_seabios_and_ovmf() {
+    hybrid_boots_on_seabios_and_ovmf("both", "hybrid");
+}
+
+#[test]
+fn hybrid_with_grub_for_bios_and_efi_boots_on_seabios_and_ovmf() {
+    hybrid_boots_on_seabios_and_ovmf("grub-both", "grubhybrid");
 }
 
 #[test]
@@ -698,4 +711,59 @@ fn a_broken_switch_fails_with_a_clear_message() {
             .count(),
         0
     );
+}
+
+#[test]
+fn grub_for_efi_boots_on_ovmf_a_chosen_then_the_default_generation() {
+    let one = build(&["--marker", "grubefi1", "--bootloader", "grub-efi"]);
+    let two = build(&["--marker", "grubefi2", "--bootloader", "grub-efi"]);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let stage = dir.path().join("stage");
+    stage_root(&stage, &[&one.toplevel, &two.toplevel]);
+    // The ESP is /boot; GRUB writes to it through the root prefix.
+    install_with_root_prefix(&stage, &two.toplevel, "/boot", None);
+    assert!(stage.join("boot/EFI/BOOT/BOOTX64.EFI").is_file());
+    assert!(stage.join("boot/grub/x86_64-efi/normal.mod").is_file());
+    let cfg = read(&stage.join("boot/grub/grub.cfg"));
+    assert!(
+        cfg.contains("linux /kernels/"),
+        "paths on the ESP's own file system: {cfg}"
+    );
+    let mut grubenv = b"# GRUB Environment Block\nnext_entry=nixos-generation-1\n".to_vec();
+    grubenv.resize(1024, b'#');
+    fs::write(stage.join("boot/grub/grubenv"), grubenv).expect("grubenv can be written");
+
+    let (esp, root, disk) = (
+        dir.path().join("esp.img"),
+        dir.path().join("root.img"),
+        dir.path().join("disk.img"),
+    );
+    make_fat(&esp, &stage.join("boot"), 96, "ESP");
+    fs::remove_dir_all(stage.join("boot")).expect("staged /boot can be emptied");
+    fs::create_dir(stage.join("boot")).expect("/boot can be made");
+    make_ext4(&root, &stage, 160);
+    blank_disk(&disk, 1 + 96 + 160 + 1);
+    run(Command::new("sgdisk")
+        .args(["-n1:1M:+96M", "-t1:ef00", "-n2:0:+160M", "-t2:8304"])
+        .arg(&disk));
+    place(&disk, &esp, 1);
+    place(&disk, &root, 97);
+
+    let vars = dir.path().join("vars.fd");
+    fs::copy("/usr/share/OVMF/OVMF_VARS.fd", &vars).expect("OVMF_VARS.fd is there (install ovmf)");
+    let mut vm = Vm::start(
+        Firmware::Ovmf { vars: &vars },
+        &disk,
+        &dir.path().join("console-once.log"),
+    );
+    vm.wait_for(&booted(1, "grubefi1"));
+    vm.wait_for_exit();
+    drop(vm);
+    let mut vm = Vm::start(
+        Firmware::Ovmf { vars: &vars },
+        &disk,
+        &dir.path().join("console-default.log"),
+    );
+    vm.wait_for(&booted(2, "grubefi2"));
+    vm.wait_for_exit();
 }

@@ -8,25 +8,30 @@
 #   kernel       store path holding bzImage, version, lib/modules/{...,load-order}
 #   systemdBoot  store path holding systemd-bootx64.efi
 #   grub         store path holding bin/, lib/ (with ld-linux) and lib/grub/i386-pc
+#   grubEfi      store path holding lib/grub/x86_64-efi
 #   marker       text the booted system prints; tells generations apart
-#   bootloader   "systemd-boot", "grub" or "both"
+#   bootloader   "systemd-boot", "grub" (BIOS), "both" (systemd-boot and GRUB
+#                for BIOS), "grub-efi", or "grub-both" (GRUB for BIOS and EFI)
 #   grubDevice   the disk GRUB is installed to (nixdisk links it to the target)
 #   label        file-system label of the root the initrd mounts by default
 #   brokenSwitch "1" for a system whose switch-to-configuration fails
-{ busybox, kernel, systemdBoot, grub
+{ busybox, kernel, systemdBoot, grub, grubEfi
 , marker ? "example", bootloader ? "both", grubDevice ? "/dev/vda", label ? "nixos"
 , brokenSwitch ? "" }:
 
 assert builtins.match "[A-Za-z0-9._-]+" marker != null;
 assert builtins.match "[A-Za-z0-9._-]+" label != null;
-assert builtins.elem bootloader [ "systemd-boot" "grub" "both" ];
+assert builtins.elem bootloader [ "systemd-boot" "grub" "both" "grub-efi" "grub-both" ];
 
 let
   system = "x86_64-linux";
   bb = builtins.storePath busybox;
   linux = builtins.storePath kernel;
-  sdboot = builtins.storePath systemdBoot;
-  grubPath = builtins.storePath grub;
+  withSystemdBoot = builtins.elem bootloader [ "systemd-boot" "both" ];
+  withGrub = builtins.elem bootloader [ "grub" "both" "grub-both" ];
+  withGrubEfi = builtins.elem bootloader [ "grub-efi" "grub-both" ];
+  # Only the bootloaders the system uses enter its closure.
+  onlyIf = cond: path: if cond then builtins.storePath path else "";
 
   # A derivation whose builder is a busybox-sh script from this directory.
   run = name: script: env: derivation ({
@@ -50,13 +55,15 @@ let
   toplevel = run "nixos-system-nixdisk-example-${marker}" ./make-toplevel.sh {
     kernel = linux;
     inherit initrd sw marker bootloader grubDevice brokenSwitch;
-    systemdBoot = sdboot;
-    grub = grubPath;
+    systemdBoot = onlyIf withSystemdBoot systemdBoot;
+    grub = onlyIf (withGrub || withGrubEfi) grub;
+    grubEfi = onlyIf withGrubEfi grubEfi;
     kernelParams = builtins.concatStringsSep " " kernelParams;
     stage2 = ./stage-2-init.sh;
     switchToConfiguration = ./switch-to-configuration.sh;
-    withSystemdBoot = if bootloader != "grub" then "1" else "";
-    withGrub = if bootloader != "systemd-boot" then "1" else "";
+    withSystemdBoot = if withSystemdBoot then "1" else "";
+    withGrub = if withGrub then "1" else "";
+    withGrubEfi = if withGrubEfi then "1" else "";
   };
 
   # What nixpkgs' closure-info.nix writes: store-paths, registration and

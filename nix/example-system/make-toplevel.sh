@@ -1,7 +1,8 @@
 # The toplevel, shaped like a NixOS system: kernel, initrd, init,
 # kernel-params, nixos-version, boot.json (bootspec v1), sw, and
 # bin/switch-to-configuration; plus `bootloader` (which loaders
-# switch-to-configuration installs) and, with GRUB, `grub-device`.
+# switch-to-configuration installs: systemd-boot, grub, grub-efi) and, with
+# GRUB for BIOS, `grub-device`.
 . "$setup"
 mkdir -p "$out/bin"
 ln -s "$kernel/bzImage" "$out/kernel"
@@ -15,7 +16,8 @@ cat "$kernel/version" >"$out/kernel-version"
 subst() {
   sed -e "s|@busybox@|$busybox|g" -e "s|@sw@|$sw|g" -e "s|@out@|$out|g" \
     -e "s|@marker@|$marker|g" -e "s|@systemdBoot@|$systemdBoot|g" \
-    -e "s|@grub@|$grub|g" -e "s|@withSystemdBoot@|$withSystemdBoot|g" \
+    -e "s|@grub@|$grub|g" -e "s|@grubEfi@|$grubEfi|g" \
+    -e "s|@withSystemdBoot@|$withSystemdBoot|g" -e "s|@withGrubEfi@|$withGrubEfi|g" \
     -e "s|@withGrub@|$withGrub|g" -e "s|@brokenSwitch@|$brokenSwitch|g" "$1" >"$2"
   chmod 0755 "$2"
 }
@@ -25,6 +27,7 @@ subst "$switchToConfiguration" "$out/bin/switch-to-configuration"
 loaders=
 [ -z "$withSystemdBoot" ] || loaders="systemd-boot"
 [ -z "$withGrub" ] || loaders="${loaders:+$loaders }grub"
+[ -z "$withGrubEfi" ] || loaders="${loaders:+$loaders }grub-efi"
 echo "$loaders" >"$out/bootloader"
 [ -z "$withGrub" ] || echo "$grubDevice" >"$out/grub-device"
 

@@ -8,7 +8,9 @@
 #     under EFI/nixos, loader/entries/nixos-generation-N.conf, loader.conf;
 #   - GRUB for BIOS on the disk named in the toplevel's grub-device: core.img
 #     with grub-mkimage, embedded with grub-bios-setup, modules in
-#     /boot/grub/i386-pc, kernels in /boot/kernels, /boot/grub/grub.cfg.
+#     /boot/grub/i386-pc, kernels in /boot/kernels, /boot/grub/grub.cfg;
+#   - GRUB for EFI: EFI/BOOT/BOOTX64.EFI on the ESP, its modules in
+#     /boot/grub/x86_64-efi, the same grub.cfg and kernels.
 # It needs nothing outside the Nix store (runs in a chroot with no /bin, /lib).
 #
 # Environment: NIXOS_INSTALL_BOOTLOADER=1 (re)writes GRUB's boot code even
@@ -23,8 +25,10 @@ self=@out@
 busybox=@busybox@
 systemd_boot=@systemdBoot@
 grub=@grub@
+grub_efi=@grubEfi@
 with_systemd_boot=@withSystemdBoot@
 with_grub=@withGrub@
+with_grub_efi=@withGrubEfi@
 root=${NIXDISK_EXAMPLE_ROOT:-}
 root=${root%/}
 
@@ -86,7 +90,8 @@ describe() {
   title="NixOS nixdisk example - Generation $1 ($version)"
 }
 
-install_systemd_boot() {
+# Sets esp and xbootldr (paths inside the root; empty when not mounted).
+find_esp() {
   esp=${NIXDISK_EXAMPLE_ESP:-}
   xbootldr=${NIXDISK_EXAMPLE_XBOOTLDR:-}
   if [ -z "$esp" ]; then
@@ -97,6 +102,10 @@ install_systemd_boot() {
       esp=/boot
     fi
   fi
+}
+
+install_systemd_boot() {
+  find_esp
   if [ -z "$esp" ]; then
     [ -z "$with_grub" ] || { log "no ESP mounted at /efi or /boot: not installing systemd-boot"; return 0; }
     die "systemd-boot needs an ESP mounted at /boot or /efi (none is mounted)"
@@ -143,36 +152,59 @@ grub_run() {
   "$grub/lib/ld-linux-x86-64.so.2" --library-path "$grub/lib" "$grub/bin/$program" "$@"
 }
 
+# GRUB keeps its files on /boot's file system whatever the firmware:
+# /boot/grub (grub.cfg, grubenv, a tag file and the modules of each
+# platform) and /boot/kernels. The boot code (core.img in the BIOS gap,
+# BOOTX64.EFI on the ESP) finds that file system by the tag file.
 install_grub() {
   describe "$default"
-  # The device path is inside the root like every other path here (nixdisk
-  # links it to the target disk in the chroot).
-  device=$(cat "$root$top/grub-device" 2>/dev/null || cat "$self/grub-device")
-  device=$root$device
-  [ -b "$device" ] || die "GRUB device $device is not a block device"
   B=$root/boot
   # GRUB sees /boot's own file system: paths on it start at its top when
   # /boot is a mount, else below /boot on the root file system.
   rel=/boot
   if is_mount /boot; then rel=; fi
-  log "installing GRUB (i386-pc) on $device, files in /boot (GRUB path $rel/grub)"
-  mkdir -p "$B/grub/i386-pc" "$B/kernels"
-  cp -r "$grub/lib/grub/i386-pc/." "$B/grub/i386-pc/"
+  mkdir -p "$B/grub" "$B/kernels"
   echo "nixdisk example GRUB files" >"$B/grub/nixdisk-example.tag"
+  printf 'search.file %s/grub/nixdisk-example.tag root\nset prefix=($root)%s/grub\n' "$rel" "$rel" >"$B/grub/load.cfg"
+  [ -z "$with_grub" ] || install_grub_bios
+  [ -z "$with_grub_efi" ] || install_grub_efi
+  write_grub_menu
+}
+
+install_grub_bios() {
+  # The device path is inside the root like every other path here (nixdisk
+  # links it to the target disk in the chroot).
+  device=$(cat "$root$top/grub-device" 2>/dev/null || cat "$self/grub-device")
+  device=$root$device
+  [ -b "$device" ] || die "GRUB device $device is not a block device"
+  log "installing GRUB (i386-pc) on $device, files in /boot (GRUB path $rel/grub)"
+  mkdir -p "$B/grub/i386-pc"
+  cp -r "$grub/lib/grub/i386-pc/." "$B/grub/i386-pc/"
   if [ "${NIXOS_INSTALL_BOOTLOADER:-}" = 1 ] || [ ! -f "$B/grub/i386-pc/core.img" ]; then
-    # core.img finds its file system by a tag file, then loads normal mode
-    # and grub.cfg from there.
-    cat >"$B/grub/i386-pc/load.cfg" <<LOAD
-search.file $rel/grub/nixdisk-example.tag root
-set prefix=(\$root)$rel/grub
-LOAD
-    grub_run grub-mkimage -O i386-pc -d "$grub/lib/grub/i386-pc" -c "$B/grub/i386-pc/load.cfg" \
+    grub_run grub-mkimage -O i386-pc -d "$grub/lib/grub/i386-pc" -c "$B/grub/load.cfg" \
       -p "$rel/grub" -o "$B/grub/i386-pc/core.img" \
       biosdisk part_msdos part_gpt ext2 fat btrfs xfs search_fs_file \
       || die "grub-mkimage failed"
     grub_run grub-bios-setup -d "$B/grub/i386-pc" -m "$B/grub/device.map" "$device" \
       || die "grub-bios-setup failed on $device"
   fi
+}
+
+install_grub_efi() {
+  find_esp
+  [ -n "$esp" ] || die "GRUB for EFI needs an ESP mounted at /boot or /efi (none is mounted)"
+  log "installing GRUB (x86_64-efi) as EFI/BOOT/BOOTX64.EFI on the ESP $esp, files in /boot (GRUB path $rel/grub)"
+  mkdir -p "$B/grub/x86_64-efi" "$root$esp/EFI/BOOT"
+  cp -r "$grub_efi/lib/grub/x86_64-efi/." "$B/grub/x86_64-efi/"
+  # The removable-media path: no NVRAM entry is needed to boot it.
+  grub_run grub-mkimage -O x86_64-efi -d "$grub_efi/lib/grub/x86_64-efi" -c "$B/grub/load.cfg" \
+    -p "$rel/grub" -o "$root$esp/EFI/BOOT/BOOTX64.EFI.tmp" \
+    part_msdos part_gpt ext2 fat btrfs xfs search_fs_file \
+    || die "grub-mkimage failed"
+  mv "$root$esp/EFI/BOOT/BOOTX64.EFI.tmp" "$root$esp/EFI/BOOT/BOOTX64.EFI"
+}
+
+write_grub_menu() {
   keep=
   {
     echo "serial --unit=0 --speed=115200"
@@ -204,6 +236,6 @@ $i
 }
 
 [ -z "$with_systemd_boot" ] || install_systemd_boot
-[ -z "$with_grub" ] || install_grub
+[ -z "$with_grub$with_grub_efi" ] || install_grub
 sync
 log "done"
