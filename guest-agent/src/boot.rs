@@ -55,7 +55,7 @@ pub fn main() -> ! {
             BootArgs::default()
         }
     };
-    std::thread::spawn(system::reap_orphans_forever);
+    std::thread::spawn(system::reap_children_forever);
 
     if let Err(fatal) = load_modules(&args, &mut startup.warnings) {
         startup.fatal.get_or_insert(fatal);
@@ -219,6 +219,31 @@ fn prepare_chroot(warnings: &mut Vec<String>) -> Result<(), SystemError> {
     system::make_shared("/mnt")?;
     if let Err(error) = system::bind_recursive("/mnt", &inside("/mnt")) {
         warnings.push(format!("{error}: /mnt is only outside the chroot"));
+    }
+    check_chroot()
+}
+
+/// Checks that each mount in the chroot shows what was mounted. A 9p export
+/// spanning several host file systems without `multidevs=remap` gives their
+/// root directories one inode, and the guest then sees one mount on all of them.
+fn check_chroot() -> Result<(), SystemError> {
+    let probes = [
+        ("/proc", "/proc/self/mountinfo"),
+        ("/sys", "/sys/kernel"),
+        ("/dev", "/dev/null"),
+    ];
+    for (dir, probe) in probes {
+        let inside = format!("{SHARE_MOUNT_POINT}{probe}");
+        if !Path::new(&inside).exists() {
+            return Err(SystemError {
+                what: format!("check {dir} in the chroot of the host share"),
+                errno: std::io::Error::other(format!(
+                    "{inside} is missing although {dir} was mounted there; with 9p, QEMU needs \
+                     `multidevs=remap` on the -virtfs/-fsdev of a share spanning several file \
+                     systems"
+                )),
+            });
+        }
     }
     Ok(())
 }
