@@ -3,6 +3,22 @@
 //! `nixdisk.transport=vsock:<port>|serial:<name>`, `nixdisk.share=9p:<tag>|virtiofs:<tag>`
 //! and `nixdisk.debug`. Other words on the command line belong to the kernel
 //! and are ignored.
+//!
+//! What the host must give the builder VM for the agent:
+//! - an initramfs with the agent as `/init`, `/dev/console`, and the modules
+//!   in `/etc/nixdisk/modules` (absolute paths, one per line, dependencies
+//!   first: `modules.dep` lists a module's dependencies, e.g. `virtio_ring`
+//!   before `virtio`, `netfs` before `fscache` before `9p`);
+//! - for `9p:<tag>`, `-virtfs local,path=/,mount_tag=<tag>,security_model=none,readonly=on,multidevs=remap`:
+//!   without `multidevs=remap` the host's /proc, /sys, /dev look like one
+//!   directory to the guest and the chroot breaks (the agent then reports it);
+//! - for `serial:<name>`, `-device virtserialport,name=<name>` on a
+//!   virtio-serial bus; hello waits until the host side is connected;
+//! - for `vsock:<port>`, a vsock device; the agent listens, the host connects.
+//!
+//! In the chroot, `/tmp` and `/run` are fresh tmpfs (the host's are hidden;
+//! top-level symlinks of the host's `/run`, such as NixOS's `current-system`,
+//! are recreated), and `/mnt` is a tmpfs shared with the agent's own `/mnt`.
 
 use std::fmt;
 use std::str::FromStr;

@@ -9,6 +9,7 @@ mod files;
 mod modules;
 mod run;
 mod serve;
+mod share;
 mod system;
 mod transport;
 
