@@ -53,6 +53,7 @@ pub fn main() -> ! {
             BootArgs::default()
         }
     };
+    startup.fault = args.fault;
     std::thread::spawn(system::reap_children_forever);
 
     if let Err(fatal) = load_modules(&args, &mut startup.warnings) {

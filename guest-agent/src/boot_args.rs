@@ -1,7 +1,7 @@
 //! The agent's settings on the kernel command line, written by the host and read by the agent.
 //!
-//! `nixdisk.transport=vsock:<port>|serial:<name>`, `nixdisk.share=9p:<tag>|virtiofs:<tag>`
-//! and `nixdisk.debug`. Other words on the command line belong to the kernel
+//! `nixdisk.transport=vsock:<port>|serial:<name>`, `nixdisk.share=9p:<tag>|virtiofs:<tag>`,
+//! `nixdisk.debug`, and for fault tests `nixdisk.fault=panic|exit`. Other words on the command line belong to the kernel
 //! and are ignored.
 //!
 //! What the host must give the builder VM for the agent:
@@ -77,7 +77,7 @@ pub enum BootArgsError {
     /// A `nixdisk.` word nobody knows: probably a typo, better caught than ignored.
     #[error(
         "kernel command line: unknown setting {word:?}; known: nixdisk.transport=, nixdisk.share=, \
-         nixdisk.debug"
+         nixdisk.debug, nixdisk.fault=panic|exit"
     )]
     Unknown {
         /// The word.
@@ -106,6 +106,25 @@ impl FromStr for Share {
     }
 }
 
+/// A failure the agent causes on purpose right after hello, so the host's
+/// handling of a crashed agent or a panicked guest can be tested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `nixdisk.fault=panic`: the agent panics (its panic hook logs and powers off).
+    Panic,
+    /// `nixdisk.fault=exit`: PID 1 exits, so the kernel panics.
+    Exit,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fault::Panic => "panic",
+            Fault::Exit => "exit",
+        })
+    }
+}
+
 /// The agent's settings from the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BootArgs {
@@ -116,6 +135,8 @@ pub struct BootArgs {
     pub share: Option<Share>,
     /// Verbose logging on the console.
     pub debug: bool,
+    /// A failure to cause after hello (fault-injection tests only).
+    pub fault: Option<Fault>,
 }
 
 impl BootArgs {
@@ -129,6 +150,8 @@ impl BootArgs {
             match setting.split_once('=') {
                 Some(("transport", value)) => args.transport = Some(value.parse()?),
                 Some(("share", value)) => args.share = Some(value.parse()?),
+                Some(("fault", "panic")) => args.fault = Some(Fault::Panic),
+                Some(("fault", "exit")) => args.fault = Some(Fault::Exit),
                 None if setting == "debug" => args.debug = true,
                 _ => {
                     return Err(BootArgsError::Unknown {
@@ -152,6 +175,9 @@ impl BootArgs {
         if self.debug {
             words.push("nixdisk.debug".to_owned());
         }
+        if let Some(fault) = self.fault {
+            words.push(format!("nixdisk.fault={fault}"));
+        }
         words
     }
 }
@@ -174,6 +200,7 @@ mod tests {
                     tag: "hostroot".into()
                 }),
                 debug: true,
+                fault: None,
             }
         );
     }
@@ -194,12 +221,14 @@ mod tests {
             }),
             share: Some(Share::Virtiofs { tag: "root".into() }),
             debug: false,
+            fault: Some(Fault::Exit),
         };
         assert_eq!(
             args.to_kernel_words(),
             [
                 "nixdisk.transport=serial:org.nixdisk.agent",
-                "nixdisk.share=virtiofs:root"
+                "nixdisk.share=virtiofs:root",
+                "nixdisk.fault=exit"
             ]
         );
         assert_eq!(
@@ -215,6 +244,10 @@ mod tests {
         assert!(matches!(
             BootArgs::parse("nixdisk.transport=vsock:zero"),
             Err(BootArgsError::Transport(_))
+        ));
+        assert!(matches!(
+            BootArgs::parse("nixdisk.fault=segv"),
+            Err(BootArgsError::Unknown { .. })
         ));
         assert!(matches!(
             BootArgs::parse("nixdisk.degub"),
