@@ -1,0 +1,314 @@
+//! The staged tree: the closure's store paths side by side in one directory,
+//! as the file-system tools take it (`mke2fs -d`, `mkfs.erofs`, `mksquashfs`).
+//!
+//! Nothing is copied: directories are recreated, and files and symlinks are
+//! hard links to the store's own inodes. Hard links inside the closure (Nix's
+//! store optimisation) therefore stay one inode, which the tools keep as hard
+//! links. Where a hard link is refused (another file system; or
+//! `fs.protected_hardlinks` for a user who does not own the store) the file is
+//! copied instead, and copies of one store inode are linked to each other.
+//!
+//! The staged files *are* the store's files: this module never opens them for
+//! writing nor changes their modes. Directories are its own; it makes them
+//! writable again before removing the tree.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::StoreImageError;
+
+/// Name of the registration file nixpkgs' make-ext4-fs puts at the root.
+pub const REGISTRATION_FILE: &str = "nix-path-registration";
+
+/// A staged closure; removed from disk when dropped.
+#[derive(Debug)]
+pub struct StagedTree {
+    root: PathBuf,
+    stats: StagingStats,
+}
+
+/// What staging found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StagingStats {
+    /// Store paths staged.
+    pub store_paths: u64,
+    /// Directories, files and symlinks in the tree (the root not counted).
+    pub entries: u64,
+    /// Entries that had to be copied because a hard link was refused.
+    pub copied: u64,
+}
+
+impl StagedTree {
+    /// The directory to hand to the file-system tool.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// What staging found and did.
+    pub fn stats(&self) -> StagingStats {
+        self.stats
+    }
+}
+
+impl Drop for StagedTree {
+    fn drop(&mut self) {
+        // Store directories are read-only (0555); make ours writable so that
+        // their entries can be unlinked. Only directories: files are the
+        // store's own inodes.
+        make_dirs_writable(&self.root);
+        if let Err(error) = fs::remove_dir_all(&self.root) {
+            tracing::warn!(path = %self.root.display(), %error, "could not remove the staged tree");
+        }
+    }
+}
+
+/// Stages `store_paths` into a new directory `root` (which must not exist).
+///
+/// `registration`, when given, becomes `nix-path-registration` (mode 0444) at
+/// the root. `timestamp` (seconds since the epoch) is the modification time of
+/// the root and of that file; store entries keep their own times (Nix sets
+/// them to 1).
+pub fn stage_closure(
+    store_paths: &[PathBuf],
+    registration: Option<&str>,
+    root: &Path,
+    timestamp: Option<u64>,
+) -> Result<StagedTree, StoreImageError> {
+    let names = store_path_names(store_paths)?;
+    fs::create_dir(root)
+        .map_err(|source| io("could not create the staging directory", root, source))?;
+    let mut tree = StagedTree {
+        root: root.to_owned(),
+        stats: StagingStats::default(),
+    };
+    let mut stager = Stager::default();
+    for (path, name) in store_paths.iter().zip(&names) {
+        stager.stage(path, &root.join(name))?;
+    }
+    tree.stats = StagingStats {
+        store_paths: names.len() as u64,
+        entries: stager.entries,
+        copied: stager.copied,
+    };
+    if let Some(text) = registration {
+        let file = root.join(REGISTRATION_FILE);
+        fs::write(&file, text).map_err(|source| io("could not write", &file, source))?;
+        set_mode(&file, 0o444)?;
+        if let Some(seconds) = timestamp {
+            set_mtime(&file, seconds)?;
+        }
+    }
+    set_mode(root, 0o755)?;
+    if let Some(seconds) = timestamp {
+        set_mtime(root, seconds)?;
+    }
+    tracing::debug!(root = %root.display(), ?tree.stats, "closure staged");
+    Ok(tree)
+}
+
+/// The names the store paths get at the root of the file system: their base
+/// names (`<hash>-<name>`), checked to be distinct.
+pub fn store_path_names(store_paths: &[PathBuf]) -> Result<Vec<String>, StoreImageError> {
+    let mut seen = HashMap::new();
+    let mut names = Vec::with_capacity(store_paths.len());
+    for path in store_paths {
+        let name = match (
+            path.is_absolute(),
+            path.file_name().and_then(|n| n.to_str()),
+        ) {
+            (true, Some(name)) if name != REGISTRATION_FILE => name.to_owned(),
+            _ => return Err(StoreImageError::BadStorePath { path: path.clone() }),
+        };
+        if let Some(first) = seen.insert(name.clone(), path.clone()) {
+            return Err(StoreImageError::DuplicateStorePath {
+                first,
+                second: path.clone(),
+            });
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Walks store paths and mirrors them into the staged tree.
+#[derive(Default)]
+struct Stager {
+    entries: u64,
+    copied: u64,
+    /// Copies made so far of store inodes with several links, by (dev, ino),
+    /// so that the next link to the same inode links to the copy.
+    copies: HashMap<(u64, u64), PathBuf>,
+}
+
+impl Stager {
+    fn stage(&mut self, source: &Path, dest: &Path) -> Result<(), StoreImageError> {
+        let meta = fs::symlink_metadata(source)
+            .map_err(|source_error| io("could not read", source, source_error))?;
+        self.entries += 1;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            fs::create_dir(dest).map_err(|e| io("could not create", dest, e))?;
+            let mut children: Vec<_> = fs::read_dir(source)
+                .map_err(|e| io("could not list", source, e))?
+                .map(|entry| entry.map(|e| e.file_name()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| io("could not list", source, e))?;
+            // A fixed order keeps staging (and copy fallbacks) repeatable.
+            children.sort();
+            for child in children {
+                self.stage(&source.join(&child), &dest.join(&child))?;
+            }
+            // Times after the entries (adding them changed the mtime), then
+            // the mode (a read-only directory takes no more entries).
+            set_times_from(dest, &meta)?;
+            set_mode(dest, meta.mode() & 0o7777)
+        } else if kind.is_file() || kind.is_symlink() {
+            match fs::hard_link(source, dest) {
+                Ok(()) => Ok(()),
+                Err(error) if link_refused(&error) => {
+                    self.copied += 1;
+                    self.copy(source, dest, &meta)
+                }
+                Err(error) => Err(io(
+                    "could not hard-link into the staging directory",
+                    source,
+                    error,
+                )),
+            }
+        } else {
+            Err(StoreImageError::UnsupportedFileType {
+                path: source.to_owned(),
+            })
+        }
+    }
+
+    /// The fallback when the store's inode cannot be linked.
+    fn copy(
+        &mut self,
+        source: &Path,
+        dest: &Path,
+        meta: &fs::Metadata,
+    ) -> Result<(), StoreImageError> {
+        if meta.file_type().is_symlink() {
+            let target =
+                fs::read_link(source).map_err(|e| io("could not read the symlink", source, e))?;
+            return std::os::unix::fs::symlink(&target, dest)
+                .map_err(|e| io("could not create the symlink", dest, e));
+        }
+        let key = (meta.dev(), meta.ino());
+        if meta.nlink() > 1 {
+            if let Some(first) = self.copies.get(&key) {
+                return fs::hard_link(first, dest).map_err(|e| io("could not hard-link", first, e));
+            }
+        }
+        fs::copy(source, dest)
+            .map_err(|e| io("could not copy into the staging directory", source, e))?;
+        set_times_from(dest, meta)?;
+        set_mode(dest, meta.mode() & 0o7777)?;
+        if meta.nlink() > 1 {
+            self.copies.insert(key, dest.to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Whether a hard link failed for a reason a copy works around.
+fn link_refused(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::CrossesDevices | std::io::ErrorKind::PermissionDenied
+    ) || error.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), StoreImageError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| io("could not set the mode of", path, e))
+}
+
+fn set_mtime(path: &Path, seconds: u64) -> Result<(), StoreImageError> {
+    let time = SystemTime::UNIX_EPOCH + Duration::from_secs(seconds);
+    let times = fs::FileTimes::new().set_accessed(time).set_modified(time);
+    fs::File::open(path)
+        .and_then(|file| file.set_times(times))
+        .map_err(|e| io("could not set the times of", path, e))
+}
+
+fn set_times_from(path: &Path, meta: &fs::Metadata) -> Result<(), StoreImageError> {
+    let modified = meta
+        .modified()
+        .map_err(|e| io("could not read the times of", path, e))?;
+    let accessed = meta.accessed().unwrap_or(modified);
+    let times = fs::FileTimes::new()
+        .set_accessed(accessed)
+        .set_modified(modified);
+    fs::File::open(path)
+        .and_then(|file| file.set_times(times))
+        .map_err(|e| io("could not set the times of", path, e))
+}
+
+/// Adds the owner's write and execute bits to every directory under `root`.
+fn make_dirs_writable(root: &Path) {
+    let Ok(meta) = fs::symlink_metadata(root) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = fs::set_permissions(
+        root,
+        fs::Permissions::from_mode((meta.mode() & 0o7777) | 0o700),
+    );
+    if let Ok(entries) = fs::read_dir(root) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                make_dirs_writable(&entry.path());
+            }
+        }
+    }
+}
+
+fn io(action: &'static str, path: &Path, source: std::io::Error) -> StoreImageError {
+    StoreImageError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_base_names() {
+        let paths = [
+            PathBuf::from("/nix/store/aaa-one"),
+            PathBuf::from("/nix/store/bbb-two"),
+        ];
+        assert_eq!(store_path_names(&paths).unwrap(), ["aaa-one", "bbb-two"]);
+    }
+
+    #[test]
+    fn duplicate_and_relative_paths_are_refused() {
+        let dup = [
+            PathBuf::from("/nix/store/aaa-one"),
+            PathBuf::from("/other/store/aaa-one"),
+        ];
+        assert!(matches!(
+            store_path_names(&dup),
+            Err(StoreImageError::DuplicateStorePath { .. })
+        ));
+        for bad in ["relative-path", "/", "/nix/store/nix-path-registration"] {
+            assert!(
+                matches!(
+                    store_path_names(&[PathBuf::from(bad)]),
+                    Err(StoreImageError::BadStorePath { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+}
