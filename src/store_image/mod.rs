@@ -4,7 +4,7 @@
 //! - ext4 (ext2, ext3): `mke2fs -d` from a staged tree of hard links, written
 //!   straight into its region of the image (`-E offset=`); deterministic builds
 //!   fix the UUID, the directory hash seed and every timestamp (see
-//!   [`ext4_ctime`] for the ctimes mke2fs copies from the host).
+//!   [`ext4_times`] for the ctimes and atimes mke2fs copies from the host).
 //! - erofs (`mkfs.erofs`) and squashfs (`mksquashfs`, which takes the store
 //!   paths directly): built apart, then copied into the region.
 //!
@@ -15,7 +15,7 @@
 //! [`plan::StoreFsPlan`] holds the pure part (what to run); [`run`] does it;
 //! [`build_store_fs`] ties staging, plan and run together.
 
-pub mod ext4_ctime;
+pub mod ext4_times;
 pub mod plan;
 pub mod run;
 pub mod staging;
@@ -152,7 +152,12 @@ pub enum StoreImageError {
 
 /// A hint for tool failures that mean "the disk is too small".
 fn space_hint(stderr: &str) -> &'static str {
-    let full = ["No space left", "Could not allocate", "too small"];
+    let full = [
+        "No space left",
+        "Could not allocate",
+        "Not enough space",
+        "too small",
+    ];
     if full.iter().any(|needle| stderr.contains(needle)) {
         "\nhint: the closure does not fit; use diskSize = \"auto\" or a larger diskSize"
     } else {

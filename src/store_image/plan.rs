@@ -94,15 +94,24 @@ pub enum Step {
     },
     /// Run a tool.
     Run(ToolCommand),
-    /// Set the ctime of every inode of the ext file system at `offset` to
-    /// `timestamp` (see [`super::ext4_ctime`]).
-    FixExt4Ctimes {
+    /// Set the ctime and atime of every inode of the ext file system at `offset` to
+    /// `timestamp` (see [`super::ext4_times`]).
+    FixExt4Times {
         /// The image.
         image: PathBuf,
         /// The file system's offset in it.
         offset: u64,
-        /// The ctime to set.
+        /// The time to set.
         timestamp: u64,
+    },
+    /// Read every file (one byte) and symlink under `roots` once, so that
+    /// their access times stop moving while mksquashfs runs: it recognises
+    /// an inode seen before by comparing whole `stat` results, atime
+    /// included, and stats its sources twice; a read in between (after a
+    /// recent ctime change, relatime updates the atime) adds a stray inode.
+    SettleAccessTimes {
+        /// Trees (or single files) to walk.
+        roots: Vec<PathBuf>,
     },
     /// Copy a finished file system into its region; it must fit.
     CopyIntoRegion {
@@ -191,7 +200,7 @@ impl StoreFsPlan {
             }),
         ];
         if let Some(timestamp) = self.timestamp {
-            steps.push(Step::FixExt4Ctimes {
+            steps.push(Step::FixExt4Times {
                 image: self.image.clone(),
                 offset: self.region.offset,
                 timestamp,
@@ -233,6 +242,10 @@ impl StoreFsPlan {
             FsSource::Paths(paths) => paths.iter().map(OsString::from).collect(),
         };
         let single_tree = matches!(self.source, FsSource::Tree(_));
+        let roots = match &self.source {
+            FsSource::Tree(tree) => vec![tree.clone()],
+            FsSource::Paths(paths) => paths.clone(),
+        };
         args.push(self.scratch.clone().into());
         args.extend(
             [
@@ -267,11 +280,13 @@ impl StoreFsPlan {
             }
             None => args.push("-not-reproducible".into()),
         }
-        Ok(self.read_only_steps(ToolCommand {
+        let mut steps = vec![Step::SettleAccessTimes { roots }];
+        steps.extend(self.read_only_steps(ToolCommand {
             program: "mksquashfs",
             args,
             env: Vec::new(),
-        }))
+        }));
+        Ok(steps)
     }
 
     /// Read-only file systems are built apart (the tools cannot write at an

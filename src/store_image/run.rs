@@ -1,12 +1,12 @@
 //! Carrying out a [`Step`] list: the thin, effectful half of the store image.
 
 use std::fs::{self, OpenOptions};
-use std::io::{Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use super::plan::{Region, Step, ToolCommand};
-use super::{StoreImageError, ext4_ctime};
+use super::{StoreImageError, ext4_times};
 use crate::convert::{command_line, stderr_tail};
 
 const STDERR_TAIL_LINES: usize = 20;
@@ -23,17 +23,41 @@ fn run_step(step: &Step) -> Result<(), StoreImageError> {
     match step {
         Step::EnsureImageLength { image, len } => ensure_length(image, *len),
         Step::Run(command) => run_tool(command).map(|_| ()),
-        Step::FixExt4Ctimes {
+        Step::FixExt4Times {
             image,
             offset,
             timestamp,
-        } => fix_ext4_ctimes(image, *offset, *timestamp),
+        } => fix_ext4_times(image, *offset, *timestamp),
+        Step::SettleAccessTimes { roots } => {
+            roots.iter().try_for_each(|root| settle_access_times(root))
+        }
         Step::CopyIntoRegion {
             from,
             image,
             region,
         } => copy_into_region(from, image, *region),
     }
+}
+
+/// Reads every file and symlink under `path` once (see
+/// [`Step::SettleAccessTimes`]): with relatime, the first read after a
+/// change of the inode moves its atime, later ones do not.
+fn settle_access_times(path: &Path) -> Result<(), StoreImageError> {
+    let meta = fs::symlink_metadata(path).map_err(|e| io("could not read", path, e))?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).map_err(|e| io("could not list", path, e))? {
+            let entry = entry.map_err(|e| io("could not list", path, e))?;
+            settle_access_times(&entry.path())?;
+        }
+    } else if meta.is_symlink() {
+        fs::read_link(path).map_err(|e| io("could not read the symlink", path, e))?;
+    } else if meta.is_file() {
+        let mut byte = [0u8; 1];
+        fs::File::open(path)
+            .and_then(|mut file| file.read(&mut byte))
+            .map_err(|e| io("could not read", path, e))?;
+    }
+    Ok(())
 }
 
 fn ensure_length(image: &Path, len: u64) -> Result<(), StoreImageError> {
@@ -77,8 +101,8 @@ fn run_tool(command: &ToolCommand) -> Result<std::process::Output, StoreImageErr
     })
 }
 
-fn fix_ext4_ctimes(image: &Path, offset: u64, timestamp: u64) -> Result<(), StoreImageError> {
-    let inodes = ext4_ctime::used_inodes(image, offset)?;
+fn fix_ext4_times(image: &Path, offset: u64, timestamp: u64) -> Result<(), StoreImageError> {
+    let inodes = ext4_times::used_inodes(image, offset)?;
     let script_file = tempfile::NamedTempFile::new().map_err(|e| {
         io(
             "could not create a temporary file in",
@@ -88,7 +112,7 @@ fn fix_ext4_ctimes(image: &Path, offset: u64, timestamp: u64) -> Result<(), Stor
     })?;
     fs::write(
         script_file.path(),
-        ext4_ctime::ctime_script(&inodes, timestamp),
+        ext4_times::times_script(&inodes, timestamp),
     )
     .map_err(|e| io("could not write", script_file.path(), e))?;
     let device = format!("{}?offset={offset}", image.display());
@@ -102,7 +126,7 @@ fn fix_ext4_ctimes(image: &Path, offset: u64, timestamp: u64) -> Result<(), Stor
         ],
         env: Vec::new(),
     };
-    tracing::debug!(inodes = inodes.len(), "fixing ext4 ctimes");
+    tracing::debug!(inodes = inodes.len(), "fixing ext4 ctimes and atimes");
     let output = run_tool(&command)?;
     // debugfs exits 0 even when a command fails; it says so on stderr, where
     // otherwise only its version banner goes.

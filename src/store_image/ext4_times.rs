@@ -1,10 +1,11 @@
-//! Fixed inode change times for deterministic ext4 store images.
+//! Fixed inode change and access times for deterministic ext4 store images.
 //!
-//! `mke2fs -d` copies each source file's ctime into its inode, and E2FSPROGS_FAKE_TIME does not
-//! reach those. A ctime is the host's business (staging's own hard links set
-//! it to "now"), so two builds would differ. After mke2fs, nixdisk lists the
-//! inodes in use from the inode bitmaps and has `debugfs -w` set each one's
-//! ctime; debugfs recomputes the inode checksums. This module reads the few
+//! `mke2fs -d` copies each source file's ctime and atime into its inode, and
+//! E2FSPROGS_FAKE_TIME does not reach those. They are the host's business
+//! (staging's own hard links set the ctime to "now", reading sets the atime),
+//! so two builds would differ. After mke2fs, nixdisk lists the inodes in use
+//! from the inode bitmaps and has `debugfs -w` set both times of each;
+//! debugfs recomputes the inode checksums. This module reads the few
 //! superblock and group-descriptor fields that takes, and writes the script.
 
 use std::fs::File;
@@ -123,11 +124,13 @@ fn inodes_in_bitmap(bitmap: &[u8], group: u32, geometry: &Geometry) -> Vec<u32> 
         .collect()
 }
 
-/// The debugfs script setting the ctime of `inodes` to `timestamp`.
-pub fn ctime_script(inodes: &[u32], timestamp: u64) -> String {
-    let mut script = String::with_capacity(inodes.len() * 24);
+/// The debugfs script setting the ctime and atime of `inodes` to `timestamp`.
+pub fn times_script(inodes: &[u32], timestamp: u64) -> String {
+    let mut script = String::with_capacity(inodes.len() * 48);
     for inode in inodes {
-        script.push_str(&format!("sif <{inode}> ctime @{timestamp}\n"));
+        script.push_str(&format!(
+            "sif <{inode}> ctime @{timestamp}\nsif <{inode}> atime @{timestamp}\n"
+        ));
     }
     script
 }
@@ -203,10 +206,10 @@ mod tests {
     }
 
     #[test]
-    fn script_sets_each_ctime() {
+    fn script_sets_each_ctime_and_atime() {
         assert_eq!(
-            ctime_script(&[2, 11], 1),
-            "sif <2> ctime @1\nsif <11> ctime @1\n"
+            times_script(&[2, 11], 1),
+            "sif <2> ctime @1\nsif <2> atime @1\nsif <11> ctime @1\nsif <11> atime @1\n"
         );
     }
 }
