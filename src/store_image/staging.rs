@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::StoreImageError;
@@ -55,11 +57,29 @@ impl StagedTree {
 
 impl Drop for StagedTree {
     fn drop(&mut self) {
-        // Store directories are read-only (0555); make ours writable so that
-        // their entries can be unlinked. Only directories: files are the
-        // store's own inodes.
-        make_dirs_writable(&self.root);
-        if let Err(error) = fs::remove_dir_all(&self.root) {
+        // Store directories are read-only (0555); unless root, make ours
+        // writable so that their entries can be unlinked. Only directories:
+        // files are the store's own inodes.
+        if !rustix::process::geteuid().is_root() {
+            make_dirs_writable(&self.root);
+        }
+        // Unlinking waits on the file system journal far more than on the
+        // CPU: several threads, one store path at a time, overlap the waits.
+        let entries: Vec<PathBuf> = match fs::read_dir(&self.root) {
+            Ok(entries) => entries.flatten().map(|entry| entry.path()).collect(),
+            Err(_) => Vec::new(),
+        };
+        let removed = in_parallel(&entries, |path| {
+            let result = if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+                fs::remove_dir_all(path)
+            } else {
+                fs::remove_file(path)
+            };
+            result.map_err(|e| io("could not remove", path, e))
+        });
+        if let Err(error) = removed.and_then(|()| {
+            fs::remove_dir(&self.root).map_err(|e| io("could not remove", &self.root, e))
+        }) {
             tracing::warn!(path = %self.root.display(), %error, "could not remove the staged tree");
         }
     }
@@ -84,14 +104,18 @@ pub fn stage_closure(
         root: root.to_owned(),
         stats: StagingStats::default(),
     };
-    let mut stager = Stager::default();
-    for (path, name) in store_paths.iter().zip(&names) {
-        stager.stage(path, &root.join(name))?;
-    }
+    let stager = Stager::default();
+    let jobs: Vec<(&PathBuf, PathBuf)> = store_paths
+        .iter()
+        .zip(&names)
+        .map(|(path, name)| (path, root.join(name)))
+        .collect();
+    // Like unlinking, linking mostly waits on the journal: overlap it.
+    in_parallel(&jobs, |(path, dest)| stager.stage(path, dest))?;
     tree.stats = StagingStats {
         store_paths: names.len() as u64,
-        entries: stager.entries,
-        copied: stager.copied,
+        entries: stager.entries.load(Ordering::Relaxed),
+        copied: stager.copied.load(Ordering::Relaxed),
     };
     if let Some(text) = registration {
         let file = root.join(REGISTRATION_FILE);
@@ -133,21 +157,54 @@ pub fn store_path_names(store_paths: &[PathBuf]) -> Result<Vec<String>, StoreIma
     Ok(names)
 }
 
-/// Walks store paths and mirrors them into the staged tree.
+/// Threads staging or removing store paths side by side.
+const THREADS: usize = 8;
+
+/// Runs `job` on every item, on up to [`THREADS`] threads; the first error wins.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    job: impl Fn(&T) -> Result<(), StoreImageError> + Sync,
+) -> Result<(), StoreImageError> {
+    let next = AtomicUsize::new(0);
+    let worker = || -> Result<(), StoreImageError> {
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            match items.get(index) {
+                Some(item) => job(item)?,
+                None => return Ok(()),
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..THREADS.min(items.len()))
+            .map(|_| scope.spawn(&worker))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+/// Walks store paths and mirrors them into the staged tree; shared by the
+/// staging threads.
 #[derive(Default)]
 struct Stager {
-    entries: u64,
-    copied: u64,
+    entries: AtomicU64,
+    copied: AtomicU64,
     /// Copies made so far of store inodes with several links, by (dev, ino),
     /// so that the next link to the same inode links to the copy.
-    copies: HashMap<(u64, u64), PathBuf>,
+    copies: Mutex<HashMap<(u64, u64), PathBuf>>,
 }
 
 impl Stager {
-    fn stage(&mut self, source: &Path, dest: &Path) -> Result<(), StoreImageError> {
+    fn stage(&self, source: &Path, dest: &Path) -> Result<(), StoreImageError> {
         let meta = fs::symlink_metadata(source)
             .map_err(|source_error| io("could not read", source, source_error))?;
-        self.entries += 1;
+        self.entries.fetch_add(1, Ordering::Relaxed);
         let kind = meta.file_type();
         if kind.is_dir() {
             fs::create_dir(dest).map_err(|e| io("could not create", dest, e))?;
@@ -169,7 +226,7 @@ impl Stager {
             match fs::hard_link(source, dest) {
                 Ok(()) => Ok(()),
                 Err(error) if link_refused(&error) => {
-                    self.copied += 1;
+                    self.copied.fetch_add(1, Ordering::Relaxed);
                     self.copy(source, dest, &meta)
                 }
                 Err(error) => Err(io(
@@ -186,33 +243,37 @@ impl Stager {
     }
 
     /// The fallback when the store's inode cannot be linked.
-    fn copy(
-        &mut self,
-        source: &Path,
-        dest: &Path,
-        meta: &fs::Metadata,
-    ) -> Result<(), StoreImageError> {
+    fn copy(&self, source: &Path, dest: &Path, meta: &fs::Metadata) -> Result<(), StoreImageError> {
         if meta.file_type().is_symlink() {
             let target =
                 fs::read_link(source).map_err(|e| io("could not read the symlink", source, e))?;
             return std::os::unix::fs::symlink(&target, dest)
                 .map_err(|e| io("could not create the symlink", dest, e));
         }
+        if meta.nlink() == 1 {
+            return copy_file(source, dest, meta);
+        }
+        // Held across the copy: two threads must not both copy one inode.
+        let mut copies = self
+            .copies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let key = (meta.dev(), meta.ino());
-        if meta.nlink() > 1 {
-            if let Some(first) = self.copies.get(&key) {
-                return fs::hard_link(first, dest).map_err(|e| io("could not hard-link", first, e));
-            }
+        if let Some(first) = copies.get(&key) {
+            return fs::hard_link(first, dest).map_err(|e| io("could not hard-link", first, e));
         }
-        fs::copy(source, dest)
-            .map_err(|e| io("could not copy into the staging directory", source, e))?;
-        set_times_from(dest, meta)?;
-        set_mode(dest, meta.mode() & 0o7777)?;
-        if meta.nlink() > 1 {
-            self.copies.insert(key, dest.to_owned());
-        }
+        copy_file(source, dest, meta)?;
+        copies.insert(key, dest.to_owned());
         Ok(())
     }
+}
+
+/// Copies a store file with its mode and times.
+fn copy_file(source: &Path, dest: &Path, meta: &fs::Metadata) -> Result<(), StoreImageError> {
+    fs::copy(source, dest)
+        .map_err(|e| io("could not copy into the staging directory", source, e))?;
+    set_times_from(dest, meta)?;
+    set_mode(dest, meta.mode() & 0o7777)
 }
 
 /// Whether a hard link failed for a reason a copy works around.
