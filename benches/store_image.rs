@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nixdisk::spec::FsType;
-use nixdisk::store_image::{Region, StoreImageOptions, build_store_fs, stage_closure};
+use nixdisk::store_image::{Region, StagingMode, StoreImageOptions, build_store_fs, stage_closure};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -92,8 +92,14 @@ fn main() {
 
     let work = tempfile::tempdir_in(std::env::temp_dir()).expect("work dir");
     let region = Region::whole((bytes * 3 / 2 / MIB + 64) * MIB);
-    let floor_tree = stage_closure(&paths, None, &work.path().join("floor-tree"), Some(1))
-        .expect("stage the floor tree");
+    let floor_tree = stage_closure(
+        &paths,
+        None,
+        &work.path().join("floor-tree"),
+        Some(1),
+        StagingMode::HardLinks,
+    )
+    .expect("stage the floor tree");
     let options = StoreImageOptions {
         fs_type: FsType::Ext4,
         label: "nix-store".to_owned(),
@@ -104,6 +110,7 @@ fn main() {
         ),
         deterministic: true,
         registration: None,
+        staging: StagingMode::Auto,
     };
 
     let floor_image = work.path().join("floor.img");

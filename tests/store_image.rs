@@ -16,8 +16,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use nixdisk::spec::FsType;
 use nixdisk::store_image::{
-    REGISTRATION_FILE, Region, StoreFsReport, StoreImageError, StoreImageOptions, build_store_fs,
-    stage_closure,
+    REGISTRATION_FILE, Region, StagingMode, StoreFsReport, StoreImageError, StoreImageOptions,
+    build_store_fs, stage_closure,
 };
 use store_tree::{Entry, Snapshot};
 
@@ -109,6 +109,7 @@ fn options(fs_type: FsType, deterministic: bool) -> StoreImageOptions {
         uuid: Some(UUID.parse().expect("uuid")),
         deterministic,
         registration: Some(fixture().registration.clone()),
+        staging: StagingMode::Auto,
     }
 }
 
@@ -279,14 +280,28 @@ fn erofs_inodes(fs_file: &Path, expected: &Snapshot) -> BTreeMap<PathBuf, (u64, 
 
 /// Builds a store image and checks everything about it.
 fn build_and_check(fs_type: FsType, region: Region) {
+    build_and_check_staged(fs_type, region, StagingMode::Auto);
+}
+
+fn build_and_check_staged(fs_type: FsType, region: Region, staging: StagingMode) {
     let fixture = fixture();
     let work = tempfile::tempdir().expect("tempdir");
     let image = work.path().join("disk.img");
     if region.offset > 0 {
         image_with_markers(&image, region);
     }
-    let report = build(&fixture.paths, &options(fs_type, true), &image, region)
+    let options = StoreImageOptions {
+        staging,
+        ..options(fs_type, true)
+    };
+    let report = build(&fixture.paths, &options, &image, region)
         .unwrap_or_else(|e| panic!("{fs_type:?} at {region:?}: {e}"));
+    if fs_type != FsType::Squashfs {
+        let stats = report.staging.expect("staged");
+        // As root, Auto means bind mounts; the fixture has two directory paths.
+        let binds = staging.resolve() == StagingMode::BindMounts;
+        assert_eq!(stats.bind_mounts, if binds { 2 } else { 0 }, "{stats:?}");
+    }
     assert!(report.fs_bytes <= region.size);
     if region.offset > 0 {
         assert_markers_intact(&image, region);
@@ -358,6 +373,30 @@ fn ext4_at_one_mib() {
 }
 
 #[test]
+fn ext4_at_one_mib_from_hard_links() {
+    build_and_check_staged(
+        FsType::Ext4,
+        Region {
+            offset: MIB,
+            size: 64 * MIB,
+        },
+        StagingMode::HardLinks,
+    );
+}
+
+#[test]
+fn erofs_at_one_mib_from_hard_links() {
+    build_and_check_staged(
+        FsType::Erofs,
+        Region {
+            offset: MIB,
+            size: 16 * MIB,
+        },
+        StagingMode::HardLinks,
+    );
+}
+
+#[test]
 fn erofs_bare() {
     build_and_check(FsType::Erofs, Region::whole(16 * MIB));
 }
@@ -397,13 +436,25 @@ fn deterministic_builds_are_byte_identical() {
         size: 64 * MIB,
     };
     let mut failures = Vec::new();
-    for fs_type in [FsType::Ext4, FsType::Erofs, FsType::Squashfs] {
+    let cases = [
+        (FsType::Ext4, StagingMode::BindMounts),
+        (FsType::Ext4, StagingMode::HardLinks),
+        (FsType::Erofs, StagingMode::BindMounts),
+        (FsType::Erofs, StagingMode::HardLinks),
+        (FsType::Squashfs, StagingMode::Auto),
+    ];
+    let mut by_type: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (fs_type, staging) in cases {
+        let options = StoreImageOptions {
+            staging,
+            ..options(fs_type, true)
+        };
         let images: Vec<Vec<u8>> = (0..2)
             .map(|_| {
                 // A fresh directory each time: staging paths and ctimes differ.
                 let work = tempfile::tempdir().expect("tempdir");
                 let image = work.path().join("disk.img");
-                build(&fixture.paths, &options(fs_type, true), &image, region).expect("build");
+                build(&fixture.paths, &options, &image, region).expect("build");
                 fs::read(&image).expect("read")
             })
             .collect();
@@ -475,7 +526,8 @@ fn staging_on_another_file_system_copies_and_keeps_links() {
     let scratch = tempfile::tempdir_in(shm).expect("tempdir in /dev/shm");
     let root = scratch.path().join("tree");
     let guard = one_at_a_time();
-    let tree = stage_closure(&fixture.paths, None, &root, Some(1)).expect("stage");
+    let tree =
+        stage_closure(&fixture.paths, None, &root, Some(1), StagingMode::HardLinks).expect("stage");
     drop(guard);
     assert!(
         tree.stats().copied > 0,

@@ -29,7 +29,9 @@ use uuid::Uuid;
 
 pub use plan::{FsSource, Region, Step, StoreFsPlan, ToolCommand};
 pub use run::run_steps;
-pub use staging::{REGISTRATION_FILE, StagedTree, StagingStats, stage_closure};
+pub use staging::{
+    BindMount, REGISTRATION_FILE, StagedTree, StagingMode, StagingStats, bind_fstab, stage_closure,
+};
 
 use crate::spec::FsType;
 
@@ -178,6 +180,9 @@ pub struct StoreImageOptions {
     pub deterministic: bool,
     /// The closure's registration, written as `nix-path-registration` when set.
     pub registration: Option<String>,
+    /// How the closure is staged for ext and erofs (squashfs reads the store
+    /// directly); `Auto` picks bind mounts as root, hard links otherwise.
+    pub staging: StagingMode,
 }
 
 /// What was built.
@@ -233,6 +238,7 @@ pub fn build_store_fs(
             options.registration.as_deref(),
             &scratch.path().join("tree"),
             timestamp,
+            options.staging,
         )?;
         (FsSource::Tree(tree.root().to_owned()), Some(tree))
     };
@@ -240,6 +246,15 @@ pub fn build_store_fs(
         // erofs-utils 1.5 (Debian 12) has no -L; the label is left out.
         tracing::warn!(label = %options.label, "mkfs.erofs here cannot set a label; the erofs image has none");
     }
+    let bind_mounts = match &staged {
+        Some(tree) if !tree.binds().is_empty() => {
+            let fstab = scratch.path().join("fstab");
+            fs::write(&fstab, bind_fstab(tree.binds()))
+                .map_err(|e| io("could not write", &fstab, e))?;
+            Some(fstab)
+        }
+        _ => None,
+    };
     let plan = StoreFsPlan {
         fs_type: options.fs_type,
         source,
@@ -249,6 +264,7 @@ pub fn build_store_fs(
         uuid: options.uuid,
         timestamp,
         scratch: scratch.path().join("fs.img"),
+        bind_mounts,
     };
     run_steps(&plan.steps()?)?;
     let fs_bytes = match fs::metadata(&plan.scratch) {

@@ -69,7 +69,15 @@ pub struct StoreFsPlan {
     /// A file in a scratch directory on the image's file system, where
     /// erofs and squashfs are built before being copied into the region.
     pub scratch: PathBuf,
+    /// An fstab of bind mounts the tool needs (a staged tree of mount
+    /// points): the tool then runs in a private mount namespace that has them.
+    pub bind_mounts: Option<PathBuf>,
 }
+
+/// What runs the tool inside its own mount namespace: `mount -a -T FSTAB`
+/// makes the bind mounts, then the shell becomes the tool. The namespace,
+/// and the mounts with it, end with the tool.
+const MOUNT_THEN_EXEC: &str = "mount -a -T \"$1\"; shift; exec \"$@\"";
 
 /// One command: program, arguments and extra environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +133,34 @@ pub enum Step {
 }
 
 impl StoreFsPlan {
+    /// `command`, run where the plan's bind mounts exist.
+    fn in_mount_namespace(&self, command: ToolCommand) -> ToolCommand {
+        let Some(fstab) = &self.bind_mounts else {
+            return command;
+        };
+        let mut args: Vec<OsString> = [
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-e",
+            "-c",
+            MOUNT_THEN_EXEC,
+            "sh",
+        ]
+        .map(OsString::from)
+        .into();
+        args.push(fstab.into());
+        args.push(command.program.into());
+        args.extend(command.args);
+        ToolCommand {
+            program: "unshare",
+            args,
+            env: command.env,
+        }
+    }
+
     /// The steps that build this file system, in order.
     pub fn steps(&self) -> Result<Vec<Step>, StoreImageError> {
         match self.fs_type {
@@ -193,11 +229,11 @@ impl StoreFsPlan {
                 image: self.image.clone(),
                 len: self.region.end(),
             },
-            Step::Run(ToolCommand {
+            Step::Run(self.in_mount_namespace(ToolCommand {
                 program: "mke2fs",
                 args,
                 env,
-            }),
+            })),
         ];
         if let Some(timestamp) = self.timestamp {
             steps.push(Step::FixExt4Times {
@@ -229,11 +265,11 @@ impl StoreFsPlan {
         }
         args.push(self.scratch.clone().into());
         args.push(tree.into());
-        Ok(self.read_only_steps(ToolCommand {
+        Ok(self.read_only_steps(self.in_mount_namespace(ToolCommand {
             program: "mkfs.erofs",
             args,
             env: Vec::new(),
-        }))
+        })))
     }
 
     fn squashfs_steps(&self) -> Result<Vec<Step>, StoreImageError> {

@@ -8,6 +8,12 @@
 //! `fs.protected_hardlinks` for a user who does not own the store) the file is
 //! copied instead, and copies of one store inode are linked to each other.
 //!
+//! Hard links cost about as much kernel time as `mke2fs -d` itself on a big
+//! closure. As root there is a cheaper way ([`StagingMode::BindMounts`]):
+//! each store directory gets an empty mount point, and the tool runs in a
+//! private mount namespace where the store paths are bind-mounted onto them
+//! (see [`super::plan`]); nothing outside that namespace sees the mounts.
+//!
 //! The staged files *are* the store's files: this module never opens them for
 //! writing nor changes their modes. Directories are its own; it makes them
 //! writable again before removing the tree.
@@ -25,11 +31,71 @@ use super::StoreImageError;
 /// Name of the registration file nixpkgs' make-ext4-fs puts at the root.
 pub const REGISTRATION_FILE: &str = "nix-path-registration";
 
+/// How store directories get into the staged tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StagingMode {
+    /// Bind mounts where the process may make them (root), else hard links.
+    Auto,
+    /// Recreate directories and hard-link files (copy where refused).
+    HardLinks,
+    /// Empty mount points, bind-mounted in the tool's own mount namespace.
+    BindMounts,
+}
+
+impl StagingMode {
+    /// The mode `Auto` stands for in this process.
+    pub fn resolve(self) -> StagingMode {
+        match self {
+            StagingMode::Auto if rustix::process::geteuid().is_root() => StagingMode::BindMounts,
+            StagingMode::Auto => StagingMode::HardLinks,
+            other => other,
+        }
+    }
+}
+
+/// A store directory to bind-mount onto its mount point in the staged tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// The store path.
+    pub source: PathBuf,
+    /// Its (empty) mount point in the staged tree.
+    pub target: PathBuf,
+}
+
+/// The fstab that `mount -a -T` reads to make `binds`: one `none bind` line
+/// each, with the octal escapes fstab uses for blanks and backslashes.
+pub fn bind_fstab(binds: &[BindMount]) -> String {
+    fn escape(path: &Path) -> String {
+        let mut out = String::new();
+        for c in path.to_string_lossy().chars() {
+            match c {
+                ' ' => out.push_str("\\040"),
+                '\t' => out.push_str("\\011"),
+                '\n' => out.push_str("\\012"),
+                '\\' => out.push_str("\\134"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+    binds
+        .iter()
+        .map(|b| {
+            format!(
+                "{} {} none bind 0 0\n",
+                escape(&b.source),
+                escape(&b.target)
+            )
+        })
+        .collect()
+}
+
 /// A staged closure; removed from disk when dropped.
 #[derive(Debug)]
 pub struct StagedTree {
     root: PathBuf,
     stats: StagingStats,
+    binds: Vec<BindMount>,
 }
 
 /// What staging found and did.
@@ -41,6 +107,8 @@ pub struct StagingStats {
     pub entries: u64,
     /// Entries that had to be copied because a hard link was refused.
     pub copied: u64,
+    /// Store directories left to bind mounts.
+    pub bind_mounts: u64,
 }
 
 impl StagedTree {
@@ -52,6 +120,12 @@ impl StagedTree {
     /// What staging found and did.
     pub fn stats(&self) -> StagingStats {
         self.stats
+    }
+
+    /// The bind mounts the tool's mount namespace needs (empty unless
+    /// staged with [`StagingMode::BindMounts`]).
+    pub fn binds(&self) -> &[BindMount] {
+        &self.binds
     }
 }
 
@@ -96,26 +170,38 @@ pub fn stage_closure(
     registration: Option<&str>,
     root: &Path,
     timestamp: Option<u64>,
+    mode: StagingMode,
 ) -> Result<StagedTree, StoreImageError> {
+    let bind_dirs = mode.resolve() == StagingMode::BindMounts;
     let names = store_path_names(store_paths)?;
     fs::create_dir(root)
         .map_err(|source| io("could not create the staging directory", root, source))?;
     let mut tree = StagedTree {
         root: root.to_owned(),
         stats: StagingStats::default(),
+        binds: Vec::new(),
     };
     let stager = Stager::default();
-    let jobs: Vec<(&PathBuf, PathBuf)> = store_paths
-        .iter()
-        .zip(&names)
-        .map(|(path, name)| (path, root.join(name)))
-        .collect();
+    let mut jobs: Vec<(&PathBuf, PathBuf)> = Vec::with_capacity(store_paths.len());
+    for (path, name) in store_paths.iter().zip(&names) {
+        let dest = root.join(name);
+        if bind_dirs && fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            fs::create_dir(&dest).map_err(|e| io("could not create", &dest, e))?;
+            tree.binds.push(BindMount {
+                source: path.clone(),
+                target: dest,
+            });
+        } else {
+            jobs.push((path, dest));
+        }
+    }
     // Like unlinking, linking mostly waits on the journal: overlap it.
     in_parallel(&jobs, |(path, dest)| stager.stage(path, dest))?;
     tree.stats = StagingStats {
         store_paths: names.len() as u64,
         entries: stager.entries.load(Ordering::Relaxed),
         copied: stager.copied.load(Ordering::Relaxed),
+        bind_mounts: tree.binds.len() as u64,
     };
     if let Some(text) = registration {
         let file = root.join(REGISTRATION_FILE);
@@ -342,6 +428,25 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> StoreImageEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fstab_escapes_blanks() {
+        let binds = [
+            BindMount {
+                source: "/nix/store/aaa-one".into(),
+                target: "/tmp/x/aaa-one".into(),
+            },
+            BindMount {
+                source: "/nix/store/bbb-two".into(),
+                target: "/tmp/my dir\\x/bbb-two".into(),
+            },
+        ];
+        assert_eq!(
+            bind_fstab(&binds),
+            "/nix/store/aaa-one /tmp/x/aaa-one none bind 0 0\n\
+             /nix/store/bbb-two /tmp/my\\040dir\\134x/bbb-two none bind 0 0\n"
+        );
+    }
 
     #[test]
     fn names_are_base_names() {

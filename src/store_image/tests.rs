@@ -21,6 +21,7 @@ fn plan(fs_type: FsType, source: FsSource, timestamp: Option<u64>) -> StoreFsPla
         uuid: Some(Uuid::parse_str(UUID).unwrap()),
         timestamp,
         scratch: "/w/s/fs.img".into(),
+        bind_mounts: None,
     }
 }
 
@@ -186,4 +187,27 @@ fn other_file_systems_are_refused_with_the_allowed_ones() {
 fn tool_failures_about_space_get_a_hint() {
     assert!(space_hint("mke2fs: Could not allocate block in ext2 filesystem").contains("diskSize"));
     assert_eq!(space_hint("mke2fs: Bad magic number"), "");
+}
+
+#[test]
+fn bind_mounts_wrap_the_tool_in_a_mount_namespace() {
+    let mut plan = plan(FsType::Ext4, tree(), Some(1));
+    plan.bind_mounts = Some("/w/s/fstab".into());
+    let steps = plan.steps().unwrap();
+    let (line, env) = argv(&steps[1]);
+    assert_eq!(
+        line,
+        format!(
+            "unshare --mount --propagation private -- sh -e -c mount -a -T \"$1\"; shift; exec \"$@\" sh /w/s/fstab \
+             mke2fs -q -F -t ext4 -b 4096 -L nix-store -U {UUID} \
+             -E offset=1048576,root_owner=0:0,hash_seed={UUID} -d /w/s/tree /w/disk.raw 65536k"
+        )
+    );
+    assert_eq!(env, vec![("E2FSPROGS_FAKE_TIME", "1".to_owned())]);
+    plan.fs_type = FsType::Erofs;
+    assert!(
+        argv(&plan.steps().unwrap()[0])
+            .0
+            .starts_with("unshare --mount")
+    );
 }
