@@ -463,10 +463,17 @@ fn deterministic_builds_are_byte_identical() {
             .collect();
         if !differing.is_empty() {
             failures.push(format!(
-                "{fs_type:?}: {} bytes differ, first at {:?}",
+                "{fs_type:?} from {staging:?}: {} bytes differ, first at {:?}",
                 differing.len(),
                 &differing[..differing.len().min(8)]
             ));
+        }
+        // Bind mounts and hard links make the same bytes.
+        let [first, _] = <[Vec<u8>; 2]>::try_from(images).expect("two images");
+        if let Some(other) = by_type.insert(format!("{fs_type:?}"), first) {
+            if other != by_type[&format!("{fs_type:?}")] {
+                failures.push(format!("{fs_type:?}: staging modes give different images"));
+            }
         }
     }
     assert!(

@@ -263,15 +263,12 @@ fn in_parallel<T: Sync>(
     };
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..THREADS.min(items.len()))
-            .map(|_| scope.spawn(&worker))
+            .map(|_| scope.spawn(worker))
             .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     })
 }
 
