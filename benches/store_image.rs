@@ -9,7 +9,8 @@
 //! each, and the medians are compared (target: at most 1.2x).
 //!
 //! `cargo bench --bench store_image`; knobs: NIXDISK_BENCH_REPS (5),
-//! NIXDISK_BENCH_MIB (300), NIXDISK_BENCH_ENTRIES (7700), NIXDISK_BENCH_PATHS (24).
+//! NIXDISK_BENCH_MIB (300), NIXDISK_BENCH_ENTRIES (7700), NIXDISK_BENCH_PATHS (24),
+//! NIXDISK_BENCH_STAGING (`hardlinks` to force hard-link staging; default: auto).
 
 #[path = "../tests/store_image/store_tree.rs"]
 mod store_tree;
@@ -110,7 +111,10 @@ fn main() {
         ),
         deterministic: true,
         registration: None,
-        staging: StagingMode::Auto,
+        staging: match std::env::var("NIXDISK_BENCH_STAGING").as_deref() {
+            Ok("hardlinks") => StagingMode::HardLinks,
+            _ => StagingMode::Auto,
+        },
     };
 
     let floor_image = work.path().join("floor.img");
