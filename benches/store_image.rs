@@ -115,6 +115,7 @@ fn main() {
             Ok("hardlinks") => StagingMode::HardLinks,
             _ => StagingMode::Auto,
         },
+        mkfs_options: Vec::new(),
     };
 
     let floor_image = work.path().join("floor.img");

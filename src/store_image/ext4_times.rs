@@ -115,6 +115,25 @@ pub fn used_inodes(image: &Path, offset: u64) -> Result<Vec<u32>, StoreImageErro
     Ok(used)
 }
 
+/// Free bytes of the ext file system at `offset` in `image` (its free block
+/// count times the block size, from the superblock).
+pub fn free_bytes(image: &Path, offset: u64) -> Result<u64, StoreImageError> {
+    let bad = |reason: &str| StoreImageError::Ext4Read {
+        image: image.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let file = File::open(image).map_err(|e| bad(&e.to_string()))?;
+    let mut superblock = vec![0; 1024];
+    file.read_exact_at(&mut superblock, offset + SUPERBLOCK_OFFSET)
+        .map_err(|e| bad(&e.to_string()))?;
+    let geometry = Geometry::parse(&superblock).ok_or_else(|| bad("no ext2/3/4 superblock"))?;
+    let mut free = u64::from(le32(&superblock, 0x0C));
+    if le32(&superblock, 0x60) & INCOMPAT_64BIT != 0 {
+        free |= u64::from(le32(&superblock, 0x158)) << 32;
+    }
+    Ok(free * geometry.block_size)
+}
+
 /// The inodes of one group's bitmap that are in use and from the tree.
 fn inodes_in_bitmap(bitmap: &[u8], group: u32, geometry: &Geometry) -> Vec<u32> {
     (0..geometry.inodes_per_group)

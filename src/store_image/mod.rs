@@ -15,6 +15,7 @@
 //! [`plan::StoreFsPlan`] holds the pure part (what to run); [`run`] does it;
 //! [`build_store_fs`] ties staging, plan and run together.
 
+pub mod disk;
 pub mod ext4_times;
 pub mod plan;
 pub mod run;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use uuid::Uuid;
 
+pub use disk::{StoreDiskReport, build_store_disk};
 pub use plan::{FsSource, Region, Step, StoreFsPlan, ToolCommand};
 pub use run::run_steps;
 pub use staging::{
@@ -140,6 +142,20 @@ pub enum StoreImageError {
         /// The region it had to fit.
         region: Region,
     },
+    /// The file system UUID is not a UUID.
+    #[error(
+        "rootFSUID {value:?} is not a UUID (expected e.g. F222513B-DED1-49FA-B591-20CE86A2FE7F)"
+    )]
+    BadUuid {
+        /// The value given.
+        value: String,
+    },
+    /// Auto sizing failed.
+    #[error(transparent)]
+    Sizing(#[from] crate::sizing::SizingError),
+    /// The partition layout could not be made.
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
     /// A file-system operation failed.
     #[error("{action} {path}: {source}")]
     Io {
@@ -183,6 +199,9 @@ pub struct StoreImageOptions {
     /// How the closure is staged for ext and erofs (squashfs reads the store
     /// directly); `Auto` picks bind mounts as root, hard links otherwise.
     pub staging: StagingMode,
+    /// mkfs options the file system's size was computed for
+    /// ([`crate::sizing::FsSize::mkfs_options`]); empty for the defaults.
+    pub mkfs_options: Vec<String>,
 }
 
 /// What was built.
@@ -265,6 +284,7 @@ pub fn build_store_fs(
         timestamp,
         scratch: scratch.path().join("fs.img"),
         bind_mounts,
+        mkfs_options: options.mkfs_options.clone(),
     };
     run_steps(&plan.steps()?)?;
     let fs_bytes = match fs::metadata(&plan.scratch) {

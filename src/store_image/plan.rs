@@ -72,6 +72,9 @@ pub struct StoreFsPlan {
     /// An fstab of bind mounts the tool needs (a staged tree of mount
     /// points): the tool then runs in a private mount namespace that has them.
     pub bind_mounts: Option<PathBuf>,
+    /// For ext: the mke2fs options auto sizing computed the size for (they
+    /// replace nixdisk's `-F -t <type> -b 4096`); empty for mke2fs defaults.
+    pub mkfs_options: Vec<String>,
 }
 
 /// What runs the tool inside its own mount namespace: `mount -a -T FSTAB`
@@ -208,16 +211,22 @@ impl StoreFsPlan {
             // root) from E2FSPROGS_FAKE_TIME; SOURCE_DATE_EPOCH only from 1.47.1.
             env.push(("E2FSPROGS_FAKE_TIME", timestamp.to_string()));
         }
-        let mut args: Vec<OsString> = vec![
-            "-q".into(),
-            "-F".into(),
-            "-t".into(),
-            self.fs_type.as_str().into(),
-            "-b".into(),
-            EXT_BLOCK_SIZE.to_string().into(),
-            "-L".into(),
-            self.label.clone().into(),
-        ];
+        let mut args: Vec<OsString> = vec!["-q".into()];
+        if self.mkfs_options.is_empty() {
+            args.extend(
+                [
+                    "-F",
+                    "-t",
+                    self.fs_type.as_str(),
+                    "-b",
+                    &EXT_BLOCK_SIZE.to_string(),
+                ]
+                .map(OsString::from),
+            );
+        } else {
+            args.extend(self.mkfs_options.iter().map(OsString::from));
+        }
+        args.extend(["-L".into(), self.label.clone().into()]);
         if let Some(uuid) = self.uuid {
             args.extend(["-U".into(), uuid.to_string().into()]);
         }

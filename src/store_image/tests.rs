@@ -22,6 +22,7 @@ fn plan(fs_type: FsType, source: FsSource, timestamp: Option<u64>) -> StoreFsPla
         timestamp,
         scratch: "/w/s/fs.img".into(),
         bind_mounts: None,
+        mkfs_options: Vec::new(),
     }
 }
 
@@ -209,5 +210,21 @@ fn bind_mounts_wrap_the_tool_in_a_mount_namespace() {
         argv(&plan.steps().unwrap()[0])
             .0
             .starts_with("unshare --mount")
+    );
+}
+
+#[test]
+fn sized_ext4_takes_the_sizing_options() {
+    let mut plan = plan(FsType::Ext4, tree(), None);
+    plan.mkfs_options = ["-F", "-t", "ext4", "-b", "4096", "-N", "96", "-m", "0"]
+        .map(String::from)
+        .into();
+    let steps = plan.steps().unwrap();
+    assert_eq!(
+        argv(&steps[1]).0,
+        format!(
+            "mke2fs -q -F -t ext4 -b 4096 -N 96 -m 0 -L nix-store -U {UUID} \
+             -E offset=1048576,root_owner=0:0 -d /w/s/tree /w/disk.raw 65536k"
+        )
     );
 }
