@@ -139,3 +139,32 @@ fn auto_sized_erofs_and_squashfs_disks_fit() {
     lines.extend(check_disk(FsType::Squashfs, PartitionTableType::None));
     println!("{}", lines.join("\n"));
 }
+
+#[test]
+fn deterministic_store_disks_are_byte_identical() {
+    let closure = &closures()[0];
+    for (fs_type, layout) in [
+        (FsType::Ext4, PartitionTableType::Hybrid),
+        (FsType::Erofs, PartitionTableType::Legacy),
+    ] {
+        let images: Vec<Vec<u8>> = (0..2)
+            .map(|_| {
+                let work = tempfile::tempdir().expect("tempdir");
+                let image = work.path().join("disk.img");
+                let _one_at_a_time = one_at_a_time();
+                build_store_disk(
+                    &spec(fs_type, layout),
+                    &closure.paths,
+                    Some(&closure.registration),
+                    &image,
+                )
+                .expect("build");
+                fs::read(&image).expect("read")
+            })
+            .collect();
+        assert!(
+            images[0] == images[1],
+            "{fs_type:?} on {layout:?}: two builds differ"
+        );
+    }
+}
