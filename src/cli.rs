@@ -209,7 +209,9 @@ fn build(args: &BuildArgs) -> Result<(), CliError> {
         load_spec_with_source(args.spec.as_deref(), &args.flags, &args.system_source)?;
     check_out_dir(&args.out).map_err(CliError::bad_input)?;
     tracing::info!(name = %spec.name, out = %args.out.display(), "building");
-    crate::build::run(&spec, &args.out).map_err(CliError::build_failure)
+    crate::build::run(&spec, &args.out)
+        .map(|_| ())
+        .map_err(CliError::build_failure)
 }
 
 fn spec_command(args: &SpecArgs) -> Result<(), CliError> {

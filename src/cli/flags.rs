@@ -86,6 +86,11 @@ pub struct SpecFlags {
     #[arg(long)]
     pub non_deterministic: bool,
 
+    /// Store-only images: write the closure's registration as
+    /// `nix-path-registration` at the root (`nixPathRegistration` true).
+    #[arg(long)]
+    pub nix_path_registration: bool,
+
     /// Do not install a nixos channel for root (`copyChannel` false).
     #[arg(long)]
     pub no_copy_channel: bool,
@@ -168,6 +173,7 @@ pub const FLAG_FIELDS: &[(&str, &str, &str)] = &[
     ("touch_efi_vars", "touchEFIVars", ""),
     ("post_vm", "postVM", ""),
     ("non_deterministic", "deterministic", ""),
+    ("nix_path_registration", "nixPathRegistration", ""),
     ("no_copy_channel", "copyChannel", ""),
     ("channel_source", "channelSource", "none"),
     ("additional_paths", "additionalPaths", ""),
@@ -217,6 +223,9 @@ impl SpecFlags {
         map.set_some("postVM", &self.post_vm)?;
         if self.non_deterministic {
             map.set("deterministic", false)?;
+        }
+        if self.nix_path_registration {
+            map.set("nixPathRegistration", true)?;
         }
         if self.no_copy_channel {
             map.set("copyChannel", false)?;

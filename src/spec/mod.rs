@@ -65,6 +65,10 @@ pub struct ImageSpec {
     pub mem_size: u64,
     /// Build a file system holding only the store paths, on the host, no VM.
     pub only_nix_store: bool,
+    /// Store-only images: write the closure's registration as
+    /// `nix-path-registration` at the file system's root, as nixpkgs'
+    /// make-ext4-fs does, so a booted system can load it into its database.
+    pub nix_path_registration: bool,
     /// Make the channel source the root user's `nixos` channel.
     pub copy_channel: bool,
     /// The channel source installed when `copyChannel` is set.
@@ -115,6 +119,7 @@ impl Default for ImageSpec {
             post_vm: String::new(),
             mem_size: 1024,
             only_nix_store: false,
+            nix_path_registration: false,
             copy_channel: true,
             channel_source: None,
             additional_paths: Vec::new(),

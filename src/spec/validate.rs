@@ -180,6 +180,15 @@ fn check_mem_size(spec: &ImageSpec) -> Result<(), SpecError> {
 
 fn check_only_nix_store(spec: &ImageSpec) -> Result<(), SpecError> {
     if !spec.only_nix_store {
+        if spec.nix_path_registration {
+            return Err(SpecError::Conflict {
+                field: "nixPathRegistration".into(),
+                value: "true".into(),
+                with: setting("onlyNixStore", "false"),
+                reason: "a full image registers its closure in the Nix database itself",
+                hint: Some("drop `nixPathRegistration`, or set \"onlyNixStore\": true".into()),
+            });
+        }
         return Ok(());
     }
     let conflict = |other: &str, other_value: String, hint: &str| SpecError::Conflict {

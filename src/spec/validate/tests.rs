@@ -363,6 +363,20 @@ fn only_nix_store_excludes_contents_config_and_bootloader() {
 }
 
 #[test]
+fn nix_path_registration_is_for_store_only_images() {
+    let registered = ImageSpec {
+        nix_path_registration: true,
+        ..valid()
+    };
+    refused(&registered, "nixPathRegistration");
+    accepted(&ImageSpec {
+        only_nix_store: true,
+        install_boot_loader: false,
+        ..registered
+    });
+}
+
+#[test]
 fn touch_efi_vars_needs_a_gpt_layout() {
     use PartitionTableType::*;
     for layout in PartitionTableType::ALL {
