@@ -1,0 +1,157 @@
+//! Exact unit tests of the ext model against mke2fs's rules.
+
+use proptest::prelude::*;
+
+use super::layout::{Content, Layout};
+use super::*;
+use crate::sizing::{DirectoryStats, TreeStats};
+
+#[test]
+fn journal_size_follows_mke2fs() {
+    assert_eq!(default_journal_blocks(2047), 0);
+    assert_eq!(default_journal_blocks(2048), 1024);
+    assert_eq!(default_journal_blocks(32767), 1024);
+    assert_eq!(default_journal_blocks(32768), 4096);
+    assert_eq!(default_journal_blocks(262_144), 8192);
+    assert_eq!(default_journal_blocks(524_288), 16384);
+    assert_eq!(default_journal_blocks(4_194_304), 32768);
+    assert_eq!(default_journal_blocks(1 << 40), 262_144);
+}
+
+#[test]
+fn mapping_blocks_count_extent_trees_and_indirect_blocks() {
+    assert_eq!(extent_tree_blocks(4096, 4), 0);
+    assert_eq!(extent_tree_blocks(4096, 5), 1);
+    assert_eq!(extent_tree_blocks(4096, 340), 1);
+    assert_eq!(extent_tree_blocks(4096, 341), 2);
+    assert_eq!(extent_tree_blocks(4096, 340 * 5), 5 + 1);
+    assert_eq!(indirect_blocks(4096, 12), 0);
+    assert_eq!(indirect_blocks(4096, 13), 1);
+    assert_eq!(indirect_blocks(4096, 12 + 1024), 1);
+    assert_eq!(indirect_blocks(4096, 12 + 1025), 1 + 2);
+    assert_eq!(
+        indirect_blocks(1024, 12 + 256 + 256 * 256 + 1),
+        1 + (1 + 256) + 3
+    );
+    // A 1 GiB file in 4 KiB blocks: 8 extents at worst 17, one leaf block.
+    assert_eq!(mapping_blocks(Variant::Ext4, 4096, 262_144), 1);
+    assert_eq!(mapping_blocks(Variant::Ext4, 4096, 32768), 0);
+}
+
+#[test]
+fn directories_pack_entries_into_blocks() {
+    assert_eq!(directory_blocks(Variant::Ext4, 4096, std::iter::empty()), 1);
+    // 4084 usable bytes: 24 for the dots, then 255 records of 16 bytes fill it.
+    assert_eq!(
+        directory_blocks(Variant::Ext4, 4096, std::iter::repeat_n(8, 253)),
+        1
+    );
+    assert_eq!(
+        directory_blocks(Variant::Ext4, 4096, std::iter::repeat_n(8, 254)),
+        2
+    );
+    // Without the checksum tail (ext3) 256 fit.
+    assert_eq!(
+        directory_blocks(Variant::Ext3, 4096, std::iter::repeat_n(8, 254)),
+        1
+    );
+}
+
+#[test]
+fn lost_and_found_is_16_kib_within_direct_blocks() {
+    assert_eq!(lost_and_found_blocks(4096), 4);
+    assert_eq!(lost_and_found_blocks(2048), 8);
+    assert_eq!(lost_and_found_blocks(1024), 12);
+}
+
+#[test]
+fn an_empty_64_mib_ext4_matches_mke2fs() {
+    // mke2fs -t ext4 -b 4096 -N 1000 on 64 MiB: 1008 inodes, 7 reserved GDT
+    // blocks, 15280 of 16384 blocks free (measured with dumpe2fs).
+    let layout = Layout::new(Variant::Ext4, 4096, 16384, 1000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(layout.inodes_per_group, 1008);
+    assert_eq!(layout.reserved_gdt, 7);
+    let content = Content::of(Variant::Ext4, 4096, &TreeStats::empty());
+    assert_eq!(content.blocks(), 1);
+    assert_eq!(16384 - layout.overhead() - content.blocks(), 15280);
+}
+
+#[test]
+fn a_small_last_group_is_dropped() {
+    // 32768 + 100 blocks: the 100-block tail cannot hold a group's metadata.
+    let layout = Layout::new(Variant::Ext4, 4096, 32768 + 100, 20000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(layout.blocks, 32768);
+    assert_eq!(layout.groups, 1);
+}
+
+#[test]
+fn too_many_inodes_ask_for_more_groups() {
+    let asked = Layout::new(Variant::Ext4, 4096, 8192, 40000).unwrap();
+    assert_eq!(asked, Err(2 * 32768));
+}
+
+#[test]
+fn the_options_pin_what_the_size_assumes() {
+    let size = size(Variant::Ext4, &TreeStats::empty(), 0, 4096).unwrap();
+    assert_eq!(size.bytes, MIN_BYTES);
+    assert_eq!(
+        size.mkfs_options.join(" "),
+        format!("-F -t ext4 -b 4096 -I 256 -N 16 -m 0 -O none,{EXT4_FEATURES} -G 16 -J size=4")
+    );
+    let ext2 = super::size(Variant::Ext2, &TreeStats::empty(), 0, 1024).unwrap();
+    assert_eq!(
+        ext2.mkfs_options.join(" "),
+        format!("-F -t ext2 -b 1024 -I 256 -N 16 -m 0 -O none,{EXT2_FEATURES}")
+    );
+    assert!(super::size(Variant::Ext4, &TreeStats::empty(), 0, 8192).is_err());
+}
+
+fn stats_strategy() -> impl Strategy<Value = TreeStats> {
+    (
+        proptest::collection::vec(0u64..300_000_000, 0..200),
+        proptest::collection::vec(proptest::collection::vec(1u16..255, 0..600), 0..20),
+        proptest::collection::vec(1u64..4000, 0..50),
+    )
+        .prop_map(|(file_sizes, dirs, symlink_targets)| {
+            let mut directories = vec![DirectoryStats::default()];
+            directories.extend(
+                dirs.into_iter()
+                    .map(|name_lengths| DirectoryStats { name_lengths }),
+            );
+            TreeStats {
+                file_sizes,
+                directories,
+                symlink_targets,
+                hard_links: vec![],
+                special_files: 0,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn sizes_hold_the_tree_and_add_up(
+        stats in stats_strategy(),
+        additional in 0u64..(1 << 32),
+        block_size in prop::sample::select(vec![1024u32, 4096]),
+    ) {
+        let sized = size(Variant::Ext4, &stats, additional, block_size).unwrap();
+        prop_assert_eq!(sized.bytes % MIB, 0);
+        prop_assert_eq!(sized.breakdown.total(), sized.bytes);
+        let bs = u64::from(block_size);
+        let content = Content::of(Variant::Ext4, bs, &stats);
+        let inodes = content.inodes + additional.div_ceil(SPARE_INODE_RATIO);
+        let layout = Layout::new(Variant::Ext4, bs, sized.bytes / bs, inodes).unwrap().unwrap();
+        prop_assert!(layout.overhead() + content.blocks() + additional.div_ceil(bs) <= layout.blocks);
+        // Little is left over: under a MiB of rounding, plus what the
+        // per-group inode rounding and a dropped last group may add.
+        let slack = layout.blocks - (layout.overhead() + content.blocks() + additional.div_ceil(bs));
+        prop_assert!(slack < MIB / bs + 2 * layout.groups, "slack {} blocks in {:?}", slack, layout);
+        prop_assert!(layout.inodes() >= inodes);
+    }
+}
