@@ -12,6 +12,7 @@ pub mod cli;
 pub mod closure;
 pub mod convert;
 pub mod initramfs;
+pub mod install;
 pub mod kernel;
 pub mod layout;
 pub mod output;
