@@ -32,6 +32,19 @@ fn example() -> Closure {
     .unwrap()
 }
 
+/// id, path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca.
+type ValidPathRow = (
+    i64,
+    String,
+    String,
+    i64,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
 fn open(files: &NixDbFiles) -> (tempfile::TempDir, Connection) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db.sqlite");
@@ -58,17 +71,7 @@ fn rows_follow_the_closure_order_with_null_optional_columns() {
     let mut rows = conn
         .prepare("select id, path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca from ValidPaths order by id")
         .unwrap();
-    let rows: Vec<(
-        i64,
-        String,
-        String,
-        i64,
-        Option<String>,
-        i64,
-        Option<i64>,
-        Option<String>,
-        Option<String>,
-    )> = rows
+    let rows: Vec<ValidPathRow> = rows
         .query_map([], |r| {
             Ok((
                 r.get(0)?,
