@@ -16,10 +16,10 @@ use std::sync::OnceLock;
 
 use nixdisk::closure::Closure;
 use nixdisk::install::{
-    Accounts, ImageRootInputs, materialise, plan_image_root, read_derivation_outputs,
-    render_nix_db, resolve_contents,
+    ChownOp, MaterialiseError, closure_roots, materialise, plan_install, read_derivation_outputs,
+    render_nix_db,
 };
-use nixdisk::spec::{ContentEntry, PartitionTableType};
+use nixdisk::spec::{ContentEntry, ImageSpec, PartitionTableType};
 use rusqlite::Connection;
 
 /// Runs a command and returns its stdout; fails the test if it fails.
@@ -101,42 +101,51 @@ in build "nixdisk-install-test-app" ''
     })
 }
 
-fn closure(system: &TestSystem) -> Closure {
-    Closure::from_store_paths(&[
-        system.app.clone(),
-        system.drv.clone(),
-        system.channel.clone(),
-    ])
-    .expect("the closure of the test system")
+/// The spec of the test image: the derivation as an additional path (so the
+/// closure holds `.drv` files), the channel, a configuration file and one
+/// `contents` entry owned by root.
+fn spec(system: &TestSystem, host: &Path) -> ImageSpec {
+    ImageSpec {
+        system: Some(system.app.clone()),
+        partition_table_type: PartitionTableType::Efi,
+        copy_channel: true,
+        channel_source: Some(system.channel.clone()),
+        additional_paths: vec![system.drv.clone()],
+        config_file: Some(host.join("configuration.nix")),
+        contents: vec![ContentEntry {
+            source: host.join("srv").display().to_string(),
+            target: "/srv/data".into(),
+            mode: Some("0640".into()),
+            user: Some("root".into()),
+            group: Some("root".into()),
+        }],
+        ..ImageSpec::default()
+    }
 }
 
-/// Stages the image root of `system` into `root`: database, profile links
-/// (two generations of the same toplevel), the channel, a configuration
-/// file and one contents entry.
-fn stage(system: &TestSystem, closure: &Closure, host: &Path, root: &Path) {
-    let outputs = read_derivation_outputs(closure).expect("the derivations' outputs");
-    let nix_db = render_nix_db(closure, &outputs, 1).expect("the Nix database");
-    let inputs = ImageRootInputs {
-        toplevels: vec![system.app.clone(), system.app.clone()],
-        channel: Some(system.channel.clone()),
-        config_file: Some(host.join("configuration.nix")),
-        partition_table_type: PartitionTableType::Efi,
-        nix_db,
-    };
-    let mut plan = plan_image_root(&inputs, closure).expect("the image root plan");
-    let contents = [ContentEntry {
-        source: host.join("srv").display().to_string(),
-        target: "/srv/data".into(),
-        mode: Some("0640".into()),
-        user: Some("root".into()),
-        group: Some("root".into()),
-    }];
-    let resolved = resolve_contents(&contents, &Accounts::builtin()).expect("the contents");
-    assert_eq!(resolved.chowns.len(), 1);
-    resolved
-        .add_to(&mut plan)
-        .expect("contents beside the installation");
-    materialise(&plan, root).expect("the staged image root");
+/// Two generations, both the test system's toplevel.
+fn generations(system: &TestSystem) -> Vec<PathBuf> {
+    vec![system.app.clone(), system.app.clone()]
+}
+
+fn closure(system: &TestSystem, spec: &ImageSpec) -> Closure {
+    let roots = closure_roots(spec, &generations(system)).expect("the closure roots");
+    Closure::from_store_paths(&roots).expect("the closure of the test system")
+}
+
+/// Stages the image root of `spec` into `root`.
+fn stage(system: &TestSystem, spec: &ImageSpec, closure: &Closure, root: &Path) {
+    let plan = plan_install(spec, &generations(system), closure).expect("the install plan");
+    assert_eq!(
+        plan.chowns,
+        [ChownOp {
+            index: 0,
+            target: "/srv/data".into(),
+            uid: 0,
+            gid: 0
+        }]
+    );
+    materialise(&plan.root, root).expect("the staged image root");
 }
 
 fn host_files() -> tempfile::TempDir {
@@ -163,14 +172,15 @@ fn local_store(root: &Path) -> String {
 #[test]
 fn nix_verifies_the_installed_store_and_lists_exactly_the_closure() {
     let system = test_system();
-    let closure = closure(system);
+    let host = host_files();
+    let spec = spec(system, host.path());
+    let closure = closure(system, &spec);
     let drvs = closure
         .store_paths()
         .filter(|p| p.extension().is_some_and(|e| e == "drv"));
     assert!(drvs.count() >= 2, "the closure holds the derivations");
-    let host = host_files();
     let root = tempfile::tempdir().unwrap();
-    stage(system, &closure, host.path(), root.path());
+    stage(system, &spec, &closure, root.path());
     copy_store(&closure, root.path());
     let store = local_store(root.path());
     run(Command::new("nix").args(["store", "verify", "--no-trust", "--all", "--store", &store]));
@@ -196,7 +206,8 @@ fn nix_verifies_the_installed_store_and_lists_exactly_the_closure() {
 #[test]
 fn the_database_holds_the_rows_nix_load_db_makes() {
     let system = test_system();
-    let closure = closure(system);
+    let host = host_files();
+    let closure = closure(system, &spec(system, host.path()));
     let outputs = read_derivation_outputs(&closure).unwrap();
     let ours_dir = tempfile::tempdir().unwrap();
     let ours = ours_dir.path().join("db.sqlite");
@@ -294,12 +305,13 @@ fn tree(root: &Path) -> Vec<(PathBuf, u32, u32, u32, i64, Vec<u8>)> {
 #[test]
 fn equal_inputs_stage_identical_trees_with_canonical_metadata() {
     let system = test_system();
-    let closure = closure(system);
     let host = host_files();
+    let spec = spec(system, host.path());
+    let closure = closure(system, &spec);
     let first = tempfile::tempdir().unwrap();
     let second = tempfile::tempdir().unwrap();
-    stage(system, &closure, host.path(), first.path());
-    stage(system, &closure, host.path(), second.path());
+    stage(system, &spec, &closure, first.path());
+    stage(system, &spec, &closure, second.path());
     let staged = tree(first.path());
     assert_eq!(staged, tree(second.path()));
     let as_root = rustix::process::geteuid().is_root();
@@ -324,6 +336,9 @@ fn equal_inputs_stage_identical_trees_with_canonical_metadata() {
         .permissions();
     assert_eq!(perms.mode() & 0o777, 0o644);
     // Staging refuses to write over a tree.
-    let again = std::panic::catch_unwind(|| stage(system, &closure, host.path(), first.path()));
-    assert!(again.is_err());
+    let plan = plan_install(&spec, &generations(system), &closure).unwrap();
+    assert!(matches!(
+        materialise(&plan.root, first.path()),
+        Err(MaterialiseError::NotEmpty { .. })
+    ));
 }

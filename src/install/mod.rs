@@ -10,13 +10,15 @@
 //! - [`contents`]: the spec's `contents` resolved to host files, modes and
 //!   numeric owners ([`accounts`] reads the installed system's users);
 //! - [`materialise`]: writes a plan into a staging directory the guest copies
-//!   onto the target root, next to `/nix/store`.
+//!   onto the target root, next to `/nix/store`;
+//! - [`plan`]: all of it from the spec in one call ([`plan_install`]).
 
 pub mod accounts;
 pub mod contents;
 pub mod image_root;
 pub mod materialise;
 pub mod nix_db;
+pub mod plan;
 
 pub use accounts::{Accounts, AccountsError};
 pub use contents::{
@@ -31,3 +33,4 @@ pub use nix_db::{
     DerivationOutput, NixDbError, NixDbFiles, read_derivation_outputs, registration_time,
     render_nix_db,
 };
+pub use plan::{InstallError, InstallPlan, closure_roots, plan_install, spec_channel};
