@@ -305,23 +305,34 @@ fn add_profile(
     name: &str,
     targets: &[PathBuf],
 ) -> Result<(), ImageRootError> {
-    let origin = format!("the {name} profile");
-    for (index, target) in targets.iter().enumerate() {
-        let link = format!("{dir}/{name}-{}-link", index + 1);
-        plan.add(entry(
-            &link,
-            EntryKind::Symlink(target.clone()),
-            0o777,
-            &origin,
-        ))?;
+    for link in profile_links(dir, name, 1, targets) {
+        plan.add(link)?;
     }
-    let current = PathBuf::from(format!("{name}-{}-link", targets.len()));
-    plan.add(entry(
-        &format!("{dir}/{name}"),
-        EntryKind::Symlink(current),
-        0o777,
-        &origin,
-    ))
+    Ok(())
+}
+
+/// The links of profile `dir/name` for generations `first`, `first + 1`, ...
+/// pointing at `targets`, then `name` pointing at the last of them. With
+/// `first` 1 this is a fresh profile; with `first` N + 1 it adds generations
+/// to a profile that has N (what `add-generation` needs). Empty when
+/// `targets` is.
+pub fn profile_links(dir: &str, name: &str, first: usize, targets: &[PathBuf]) -> Vec<Entry> {
+    let origin = format!("the {name} profile");
+    let link_name = |number: usize| format!("{name}-{number}-link");
+    let mut links: Vec<Entry> = targets
+        .iter()
+        .enumerate()
+        .map(|(offset, target)| {
+            let path = format!("{dir}/{}", link_name(first + offset));
+            entry(&path, EntryKind::Symlink(target.clone()), 0o777, &origin)
+        })
+        .collect();
+    if !targets.is_empty() {
+        let current = PathBuf::from(link_name(first + targets.len() - 1));
+        let path = format!("{dir}/{name}");
+        links.push(entry(&path, EntryKind::Symlink(current), 0o777, &origin));
+    }
+    links
 }
 
 fn entry(path: &str, kind: EntryKind, mode: u32, origin: &str) -> Entry {

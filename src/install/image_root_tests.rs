@@ -168,3 +168,26 @@ fn channel_symlinks_resolve_to_their_store_path_and_others_are_refused() {
     assert!(error.contains("outside /nix/store"), "{error}");
     assert!(resolve_channel(&dir.path().join("missing")).is_err());
 }
+
+#[test]
+fn profile_links_continue_an_existing_profile() {
+    let links = profile_links(PROFILES_DIR, "system", 3, &[PathBuf::from(GEN2)]);
+    let shown: Vec<(String, EntryKind)> = links
+        .into_iter()
+        .map(|e| (e.path.display().to_string(), e.kind))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                "nix/var/nix/profiles/system-3-link".to_owned(),
+                EntryKind::Symlink(GEN2.into())
+            ),
+            (
+                "nix/var/nix/profiles/system".to_owned(),
+                EntryKind::Symlink("system-3-link".into())
+            ),
+        ]
+    );
+    assert!(profile_links(PROFILES_DIR, "system", 1, &[]).is_empty());
+}

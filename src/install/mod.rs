@@ -26,7 +26,7 @@ pub use contents::{
 };
 pub use image_root::{
     Entry, EntryKind, ImageRootError, ImageRootInputs, ImageRootPlan, plan_image_root,
-    resolve_channel,
+    profile_links, resolve_channel,
 };
 pub use materialise::{MaterialiseError, materialise};
 pub use nix_db::{
