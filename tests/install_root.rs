@@ -16,8 +16,8 @@ use std::sync::OnceLock;
 
 use nixdisk::closure::Closure;
 use nixdisk::install::{
-    ChownOp, MaterialiseError, closure_roots, materialise, plan_install, read_derivation_outputs,
-    render_nix_db,
+    Accounts, ChownOp, ImageRootPlan, MaterialiseError, closure_roots, materialise, plan_install,
+    read_derivation_outputs, render_nix_db, resolve_contents,
 };
 use nixdisk::spec::{ContentEntry, ImageSpec, PartitionTableType};
 use rusqlite::Connection;
@@ -341,4 +341,101 @@ fn equal_inputs_stage_identical_trees_with_canonical_metadata() {
         materialise(&plan.root, first.path()),
         Err(MaterialiseError::NotEmpty { .. })
     ));
+}
+
+/// A host tree for `contents`: a directory with modes, a subdirectory, a
+/// relative link and a dot file; loose files; links to a file and a directory.
+fn contents_host() -> tempfile::TempDir {
+    let host = tempfile::tempdir().unwrap();
+    let at = |p: &str| host.path().join(p);
+    let file = |p: &str, mode: u32| {
+        std::fs::write(at(p), p).unwrap();
+        std::fs::set_permissions(at(p), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    std::fs::create_dir_all(at("dir/sub")).unwrap();
+    file("dir/x", 0o640);
+    file("dir/sub/y", 0o755);
+    file("dir/.dot", 0o600);
+    std::fs::set_permissions(at("dir/sub"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("x", at("dir/rel")).unwrap();
+    file("f.txt", 0o600);
+    file("g.txt", 0o644);
+    std::os::unix::fs::symlink(at("f.txt"), at("to-file")).unwrap();
+    std::os::unix::fs::symlink(at("dir/sub"), at("to-dir")).unwrap();
+    host
+}
+
+/// make-disk-image's contents loop, run with the real rsync into `root`:
+/// `(source, target, mode)` triples, mode "" when unset.
+fn rsync_contents(entries: &[(String, &str, &str)], root: &Path) {
+    let mut script = String::from("set -euo pipefail; umask 022; root=\"$1\"\n");
+    for (source, target, mode) in entries {
+        let chmod = if mode.is_empty() {
+            String::new()
+        } else {
+            format!("--chmod={mode}")
+        };
+        let flags = format!("-a --no-o --no-g {chmod}");
+        if source.contains('*') {
+            script.push_str(&format!(
+                "mkdir -p \"$root/{target}\"; for fn in {source}; do rsync {flags} \"$fn\" \"$root/{target}/\"; done\n"
+            ));
+        } else {
+            script.push_str(&format!(
+                "mkdir -p \"$(dirname \"$root/{target}\")\"\n\
+                 if [ -e \"$root/{target}\" ]; then echo duplicate; exit 1\n\
+                 elif [ -d '{source}' ]; then rsync {flags} '{source}/' \"$root/{target}\"\n\
+                 else rsync {flags} '{source}' \"$root/{target}\"; fi\n"
+            ));
+        }
+    }
+    run(Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg("rsync-contents")
+        .arg(root));
+}
+
+/// (path, mode with type bits, content or link target) below `root`.
+fn shape(root: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+    tree(root)
+        .into_iter()
+        .map(|(path, mode, _, _, _, content)| (path, mode, content))
+        .collect()
+}
+
+#[test]
+fn contents_land_as_make_disk_images_rsync_loop_places_them() {
+    let host = contents_host();
+    let at = |p: &str| host.path().join(p).display().to_string();
+    let entries = [
+        (at("dir"), "/srv/a", ""),
+        (at("*.txt"), "/drop", "0600"),
+        (at("to-file"), "/etc/link", ""),
+        (at("to-dir"), "/opt/sub", ""),
+        (at("dir"), "/srv/b", "0750"),
+        (at("dir/*"), "/g", "644"),
+    ];
+    let rsynced = tempfile::tempdir().unwrap();
+    rsync_contents(&entries, rsynced.path());
+
+    let spec_entries: Vec<ContentEntry> = entries
+        .iter()
+        .map(|(source, target, mode)| ContentEntry {
+            source: source.clone(),
+            target: (*target).to_owned(),
+            mode: (!mode.is_empty()).then(|| (*mode).to_owned()),
+            user: None,
+            group: None,
+        })
+        .collect();
+    let resolved = resolve_contents(&spec_entries, &Accounts::builtin()).unwrap();
+    let mut plan = ImageRootPlan::default();
+    resolved.add_to(&mut plan).unwrap();
+    let staged = tempfile::tempdir().unwrap();
+    materialise(&plan, staged.path()).unwrap();
+    let ours = shape(staged.path());
+    // 26 objects: every entry placed something, dot files and links included.
+    assert_eq!(ours.len(), 26, "{ours:#?}");
+    assert_eq!(ours, shape(rsynced.path()));
 }
