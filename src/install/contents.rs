@@ -229,19 +229,20 @@ pub fn resolve_contents(
         if entry.source.contains('*') {
             walker.glob(&entry.source, &target)?;
         } else {
-            if target.as_os_str().is_empty() || placed.contains_key(&target) {
-                let first = placed.get(&target).map_or(index, |(first, _)| *first);
-                return Err(match target.as_os_str().is_empty() {
-                    true => ContentsError::BadTarget {
-                        index,
-                        target: entry.target.clone(),
-                        reason: "it is the image root; only a glob may place into `/`",
-                    },
-                    false => ContentsError::DuplicateTarget {
-                        index,
-                        first,
-                        path: target,
-                    },
+            if target.as_os_str().is_empty() {
+                return Err(ContentsError::BadTarget {
+                    index,
+                    target: entry.target.clone(),
+                    reason: "it is the image root; only a glob may place into `/`",
+                });
+            }
+            // As make-disk-image: a plain target must not exist yet, not
+            // even as a directory an earlier entry made.
+            if let Some((first, _)) = placed.get(&target) {
+                return Err(ContentsError::DuplicateTarget {
+                    index,
+                    first: *first,
+                    path: target,
                 });
             }
             walker.top(Path::new(&entry.source), &entry.source, &target)?;

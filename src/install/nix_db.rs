@@ -250,59 +250,7 @@ fn write_db_file(
     conn.execute_batch(SCHEMA_SQL)
         .map_err(sql("create the schema"))?;
     let tx = conn.transaction().map_err(sql("begin"))?;
-    {
-        let mut insert_path = tx
-            .prepare("insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) values (?1, ?2, ?3, ?4, ?5, null, null, null)")
-            .map_err(sql("prepare ValidPaths"))?;
-        for info in &closure.paths {
-            let deriver = info
-                .deriver
-                .as_ref()
-                .map(|d| d.to_string_lossy().into_owned());
-            insert_path
-                .execute(params![
-                    info.path.to_string_lossy(),
-                    info.nar_hash,
-                    registration_time,
-                    deriver,
-                    info.nar_size as i64,
-                ])
-                .map_err(sql("insert into ValidPaths"))?;
-        }
-        // Ids follow the closure's order: 1 for its first path.
-        let id_of = |path: &Path| {
-            closure
-                .paths
-                .binary_search_by(|info| info.path.as_path().cmp(path))
-                .ok()
-                .map(|index| index as i64 + 1)
-        };
-        let mut insert_ref = tx
-            .prepare("insert into Refs (referrer, reference) values (?1, ?2)")
-            .map_err(sql("prepare Refs"))?;
-        for (index, info) in closure.paths.iter().enumerate() {
-            // Closure::new guarantees references are members, sorted.
-            for reference in info.references.iter().filter_map(|r| id_of(r)) {
-                insert_ref
-                    .execute(params![index as i64 + 1, reference])
-                    .map_err(sql("insert into Refs"))?;
-            }
-        }
-        let mut insert_output = tx
-            .prepare("insert into DerivationOutputs (drv, id, path) values (?1, ?2, ?3)")
-            .map_err(sql("prepare DerivationOutputs"))?;
-        let mut sorted = derivation_outputs.to_vec();
-        sorted.sort();
-        for output in &sorted {
-            let drv = id_of(&output.drv).ok_or_else(|| NixDbError::UnknownDerivation {
-                drv: output.drv.clone(),
-                output: output.name.clone(),
-            })?;
-            insert_output
-                .execute(params![drv, output.name, output.path.to_string_lossy()])
-                .map_err(sql("insert into DerivationOutputs"))?;
-        }
-    }
+    insert_rows(&tx, db, closure, derivation_outputs, registration_time)?;
     tx.commit().map_err(sql("commit"))?;
     // Nix runs its databases in WAL mode; switching here marks the header
     // (bytes 18-19) as Nix would leave it. Closing checkpoints the log away.
@@ -313,6 +261,73 @@ fn write_db_file(
         what: "close",
         source,
     })?;
+    Ok(())
+}
+
+/// Inserts the closure's rows: paths in closure order (ids 1..n), then
+/// references and derivation outputs in id order.
+fn insert_rows(
+    tx: &rusqlite::Transaction,
+    db: &Path,
+    closure: &Closure,
+    derivation_outputs: &[DerivationOutput],
+    registration_time: i64,
+) -> Result<(), NixDbError> {
+    let sql = |what: &'static str| {
+        let db = db.to_owned();
+        move |source| NixDbError::Sqlite { db, what, source }
+    };
+    let mut insert_path = tx
+        .prepare("insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) values (?1, ?2, ?3, ?4, ?5, null, null, null)")
+        .map_err(sql("prepare ValidPaths"))?;
+    for info in &closure.paths {
+        let deriver = info
+            .deriver
+            .as_ref()
+            .map(|d| d.to_string_lossy().into_owned());
+        insert_path
+            .execute(params![
+                info.path.to_string_lossy(),
+                info.nar_hash,
+                registration_time,
+                deriver,
+                info.nar_size as i64,
+            ])
+            .map_err(sql("insert into ValidPaths"))?;
+    }
+    // Ids follow the closure's order: 1 for its first path.
+    let id_of = |path: &Path| {
+        closure
+            .paths
+            .binary_search_by(|info| info.path.as_path().cmp(path))
+            .ok()
+            .map(|index| index as i64 + 1)
+    };
+    let mut insert_ref = tx
+        .prepare("insert into Refs (referrer, reference) values (?1, ?2)")
+        .map_err(sql("prepare Refs"))?;
+    for (index, info) in closure.paths.iter().enumerate() {
+        // Closure::new guarantees references are members, sorted.
+        for reference in info.references.iter().filter_map(|r| id_of(r)) {
+            insert_ref
+                .execute(params![index as i64 + 1, reference])
+                .map_err(sql("insert into Refs"))?;
+        }
+    }
+    let mut insert_output = tx
+        .prepare("insert into DerivationOutputs (drv, id, path) values (?1, ?2, ?3)")
+        .map_err(sql("prepare DerivationOutputs"))?;
+    let mut sorted = derivation_outputs.to_vec();
+    sorted.sort();
+    for output in &sorted {
+        let drv = id_of(&output.drv).ok_or_else(|| NixDbError::UnknownDerivation {
+            drv: output.drv.clone(),
+            output: output.name.clone(),
+        })?;
+        insert_output
+            .execute(params![drv, output.name, output.path.to_string_lossy()])
+            .map_err(sql("insert into DerivationOutputs"))?;
+    }
     Ok(())
 }
 
