@@ -91,6 +91,7 @@ fn a_store_path_gives_its_closure_with_hashes_and_references() {
     let (leaf, mid) = (named(&paths, "-leaf"), named(&paths, "-mid"));
 
     let closure = Closure::from_store_path(&top).unwrap();
+    assert_eq!(Closure::from_system(&top).unwrap(), closure);
     let mut expected = paths.clone();
     expected.sort();
     assert_eq!(

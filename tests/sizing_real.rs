@@ -331,3 +331,171 @@ fn vfat_boot_tree() {
 fn vfat_many_small_files() {
     check_vfat("small files", many_small_files, 0);
 }
+
+/// Builds the read-only images and checks the computed size is an upper bound.
+fn check_read_only(name: &str, build: fn(&Path)) {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    build(&tree);
+    let stats = TreeStats::measure_dir(&tree).unwrap();
+    let image = work.path().join("image");
+    let commands: [(FsType, Command); 3] = [
+        (FsType::Erofs, {
+            let mut c = Command::new("mkfs.erofs");
+            c.arg("--quiet").arg(&image).arg(&tree);
+            c
+        }),
+        // Uncompressed: the bound must hold even where compression gains nothing.
+        (FsType::Squashfs, {
+            let mut c = Command::new("mksquashfs");
+            c.arg(&tree)
+                .arg(&image)
+                .args(["-noappend", "-quiet", "-noI", "-noD", "-noF", "-noX"]);
+            c
+        }),
+        (FsType::Squashfs, {
+            let mut c = Command::new("mksquashfs");
+            c.arg(&tree).arg(&image).args(["-noappend", "-quiet"]);
+            c
+        }),
+    ];
+    for (fs, mut command) in commands {
+        let size = fs_size(fs, &stats, 0, nixdisk::sizing::default_block_size(fs)).unwrap();
+        let _ = fs::remove_file(&image);
+        run(&mut command);
+        let made = fs::metadata(&image).unwrap().len();
+        eprintln!(
+            "{name} ({fs:?}, {:?}): computed {} bytes, made {made} bytes ({:.1}% of the bound)",
+            command.get_program(),
+            size.bytes,
+            100.0 * made as f64 / size.bytes as f64
+        );
+        assert!(
+            made <= size.bytes,
+            "{name}: {fs:?} image of {made} bytes exceeds the computed {}",
+            size.bytes
+        );
+    }
+}
+
+#[test]
+fn read_only_images_stay_within_the_bound() {
+    check_read_only("small files", many_small_files);
+    check_read_only("links", links_and_big_directory);
+    check_read_only("large files", large_files);
+}
+
+/// btrfs made with `mkfs.btrfs --rootdir` into a file of the computed size.
+#[test]
+fn btrfs_holds_the_tree_at_the_computed_size() {
+    for (name, build) in [
+        ("small files", many_small_files as fn(&Path)),
+        ("large files", large_files),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let tree = work.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        build(&tree);
+        let stats = TreeStats::measure_dir(&tree).unwrap();
+        let size = fs_size(FsType::Btrfs, &stats, 0, 4096).unwrap();
+        let image = work.path().join("image");
+        fs::File::create(&image)
+            .unwrap()
+            .set_len(size.bytes)
+            .unwrap();
+        run(Command::new("mkfs.btrfs")
+            .arg("-q")
+            .arg("--rootdir")
+            .arg(&tree)
+            .arg(&image));
+        run(Command::new("btrfs")
+            .args(["check", "--readonly"])
+            .arg(&image));
+        let super_block = run(Command::new("btrfs")
+            .args(["inspect-internal", "dump-super"])
+            .arg(&image));
+        let used = field(&super_block, "bytes_used");
+        // mkfs.btrfs --rootdir enlarges a regular file to its own, far larger
+        // estimate; on a device of the computed size what counts is the use.
+        let file = fs::metadata(&image).unwrap().len();
+        eprintln!(
+            "{name} (btrfs): size {} MiB, {used} bytes used ({:.1}%), mkfs.btrfs made the file {} MiB",
+            size.bytes / MIB,
+            100.0 * used as f64 / size.bytes as f64,
+            file / MIB
+        );
+        assert!(
+            used <= size.bytes,
+            "{name}: btrfs uses {used} bytes, more than the computed {}",
+            size.bytes
+        );
+    }
+}
+
+/// An mkfs.xfs prototype file describing `dir` (xfsprogs 6.1 has no
+/// `-d DIR`): the tree's files are copied from their paths.
+fn xfs_proto(dir: &Path, out: &mut String) {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&path).unwrap();
+            out.push_str(&format!("{name} l--777 0 0 {}\n", target.display()));
+        } else if meta.is_dir() {
+            out.push_str(&format!("{name} d--755 0 0\n"));
+            xfs_proto(&path, out);
+            out.push_str("$\n");
+        } else {
+            out.push_str(&format!("{name} ---644 0 0 {}\n", path.display()));
+        }
+    }
+}
+
+/// xfs made with `mkfs.xfs -p PROTO` into a file of the computed size.
+#[test]
+fn xfs_holds_the_tree_at_the_computed_size() {
+    for (name, build) in [
+        ("small files", many_small_files as fn(&Path)),
+        ("large files", large_files),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let tree = work.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        build(&tree);
+        let stats = TreeStats::measure_dir(&tree).unwrap();
+        let size = fs_size(FsType::Xfs, &stats, 0, 4096).unwrap();
+        let mut proto = String::from("/dev/null\n0 0\nd--755 0 0\n");
+        xfs_proto(&tree, &mut proto);
+        proto.push_str("$\n");
+        let proto_file = work.path().join("proto");
+        fs::write(&proto_file, proto).unwrap();
+        let image = work.path().join("image");
+        fs::File::create(&image)
+            .unwrap()
+            .set_len(size.bytes)
+            .unwrap();
+        run(Command::new("mkfs.xfs")
+            .arg("-q")
+            .arg("-p")
+            .arg(&proto_file)
+            .arg(&image));
+        assert_eq!(fs::metadata(&image).unwrap().len(), size.bytes);
+        run(Command::new("xfs_repair").arg("-n").arg(&image));
+        let sb = run(Command::new("xfs_db")
+            .arg("-r")
+            .args(["-c", "sb 0", "-c", "print fdblocks"])
+            .arg(&image));
+        let free = field(&sb, "fdblocks =") * 4096;
+        eprintln!(
+            "{name} (xfs): size {} MiB, {free} bytes free ({:.1}%)",
+            size.bytes / MIB,
+            100.0 * free as f64 / size.bytes as f64
+        );
+    }
+}

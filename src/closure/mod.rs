@@ -8,7 +8,7 @@
 //! `nix-path-registration` file a booted NixOS loads on first start.
 //!
 //! Parsing and checking are pure ([`registration`]); running `nix-store` is
-//! the one effect and lives in [`nix_store`].
+//! the one effect and lives in the private `nix_store` module.
 
 mod nix_store;
 pub mod registration;
@@ -114,6 +114,14 @@ pub enum ClosureError {
         /// Its NAR hash in the second.
         second: String,
     },
+    /// The system path does not exist.
+    #[error(
+        "{path} does not exist\n  hint: `system` is a NixOS toplevel store path (such as ./result of nix-build) or a closureInfo directory"
+    )]
+    SystemMissing {
+        /// The path given.
+        path: PathBuf,
+    },
     /// `nix-store` could not be started.
     #[error(
         "cannot run `{command}`: {source}\n  hint: nixdisk asks the installed Nix about store paths; is `nix-store` on PATH?"
@@ -195,6 +203,23 @@ impl Closure {
         let closure = Closure::new(infos)?;
         closure.check_store_paths(dir, &store_paths)?;
         Ok(closure)
+    }
+
+    /// Reads the spec's `system`: a closureInfo directory (it holds
+    /// `registration` and `store-paths`), or else a store path asked of Nix.
+    pub fn from_system(path: &Path) -> Result<Self, ClosureError> {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(ClosureError::SystemMissing {
+                path: path.to_owned(),
+            });
+        }
+        if path.join(REGISTRATION_FILE).is_file() && path.join(STORE_PATHS_FILE).is_file() {
+            tracing::debug!(path = %path.display(), "reading a closureInfo directory");
+            Self::from_closure_info(path)
+        } else {
+            tracing::debug!(path = %path.display(), "asking Nix for the closure");
+            Self::from_store_path(path)
+        }
     }
 
     /// Asks the installed Nix for the closure of `path` (a store path, or a

@@ -189,6 +189,7 @@ fn closure_info_directories_are_checked() {
     }
     std::fs::write(dir.path().join("store-paths"), format!("{B}\n{A}\n")).unwrap();
     let closure = Closure::from_closure_info(dir.path()).unwrap();
+    assert_eq!(Closure::from_system(dir.path()).unwrap(), closure);
     assert_eq!(
         closure.store_paths().collect::<Vec<_>>(),
         vec![Path::new(A), Path::new(B)]
@@ -240,4 +241,11 @@ proptest! {
         prop_assert_eq!(&read, &closure);
         prop_assert_eq!(read.registration_text(), text);
     }
+}
+
+#[test]
+fn a_missing_system_path_says_what_system_is() {
+    let err = Closure::from_system(Path::new("/nonexistent/nixdisk-system")).unwrap_err();
+    assert!(matches!(err, ClosureError::SystemMissing { .. }));
+    assert!(err.to_string().contains("toplevel store path"), "{err}");
 }

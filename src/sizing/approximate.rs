@@ -13,9 +13,11 @@
 //!   chunks of 64, directory blocks with their hash index; plus 5%
 //!   (per-AG reservations and free-space trees), a 64 MiB log and 16 MiB of
 //!   AG headers; at least 300 MiB (mkfs.xfs refuses smaller).
-//! - **erofs** (uncompressed upper bound; compression only shrinks it): data
-//!   in whole blocks, 64-byte extended inodes, directory entries in blocks,
-//!   symlink targets, the superblock; plus 1%.
+//! - **erofs** (uncompressed upper bound; compression only shrinks it): full
+//!   data blocks, 64-byte extended inodes each with its file's tail inline
+//!   (each such record counted as the share of a block it takes when records
+//!   of its size are packed), directory entries packed per block, symlink
+//!   targets inline, the superblock; plus 1%.
 //! - **squashfs** (uncompressed upper bound: mksquashfs stores a block
 //!   uncompressed when compressing does not help): the data, inodes with
 //!   their block lists, directory entries, fragment, id and export tables,
@@ -184,38 +186,79 @@ pub fn xfs(
     ))
 }
 
-/// An upper bound of an erofs image of `stats`, uncompressed.
+/// Bytes of an erofs extended inode.
+const EROFS_INODE: u64 = 64;
+/// erofs metadata is laid out in 32-byte slots.
+const EROFS_SLOT: u64 = 32;
+
+/// The share of a block an inode record (inode plus inline tail) of `record`
+/// bytes takes, were all records that size: records do not cross blocks.
+fn erofs_record_share(record: u64, block_size: u64) -> u64 {
+    let record = record.next_multiple_of(EROFS_SLOT);
+    block_size / (block_size / record)
+}
+
+/// Full blocks and the inline record of an object of `size` bytes: the tail
+/// is stored after the inode when both fit in one block, else in a block.
+fn erofs_object(size: u64, block_size: u64) -> (u64, u64) {
+    let (full, tail) = (size / block_size, size % block_size);
+    if EROFS_INODE + tail <= block_size {
+        (
+            full * block_size,
+            erofs_record_share(EROFS_INODE + tail, block_size),
+        )
+    } else {
+        (
+            (full + 1) * block_size,
+            erofs_record_share(EROFS_INODE, block_size),
+        )
+    }
+}
+
+/// An upper bound of an erofs image of `stats`, uncompressed (erofs-utils 1.5:
+/// extended inodes, tails inline, directory entries of 12 bytes plus the name
+/// packed per block).
 pub fn erofs(
     stats: &TreeStats,
     additional_space: u64,
     block_size: u32,
 ) -> Result<FsSize, SizingError> {
     let bs = require_block_size("erofs", block_size, &[4096], "4096")?;
-    let data: u64 = stats.file_sizes.iter().map(|&s| round_up(s, bs)).sum();
-    let inodes = stats.inodes() * 64;
-    let directories: u64 = stats
-        .directories
-        .iter()
-        .map(|d| {
-            round_up(
-                24 + d
-                    .name_lengths
-                    .iter()
-                    .map(|&n| 12 + u64::from(n))
-                    .sum::<u64>(),
-                bs,
-            )
-        })
-        .sum();
-    let symlinks: u64 = stats.symlink_targets.iter().sum();
+    let (mut data, mut records) = (0, 0);
+    for &size in &stats.file_sizes {
+        let (blocks, record) = erofs_object(size, bs);
+        data += blocks;
+        records += record;
+    }
+    let mut directories = 0;
+    for dir in &stats.directories {
+        // `.` and `..`, then every entry; an entry never crosses a block.
+        let (mut full, mut used) = (0, 2 * 12 + 3);
+        for &name in &dir.name_lengths {
+            let entry = 12 + u64::from(name);
+            if used + entry > bs {
+                full += 1;
+                used = 0;
+            }
+            used += entry;
+        }
+        let (blocks, record) = erofs_object(used, bs);
+        directories += full * bs + blocks + record;
+    }
+    for &target in &stats.symlink_targets {
+        records += erofs_record_share(EROFS_INODE + target, bs);
+    }
+    records += stats.special_files * erofs_record_share(EROFS_INODE, bs);
     let mut breakdown = SizeBreakdown::default();
     breakdown.push(
-        format!("file data ({} files, whole blocks)", stats.file_sizes.len()),
+        format!(
+            "file data ({} files, whole blocks; tails inline)",
+            stats.file_sizes.len()
+        ),
         data,
     );
-    breakdown.push("inodes (64 B extended)", inodes);
-    breakdown.push("directories (whole blocks)", directories);
-    breakdown.push("symlink targets", symlinks);
+    breakdown.push("inodes with inline tails and symlink targets", records);
+    breakdown.push("directories", directories);
     Ok(finish(
         breakdown,
         1,

@@ -361,14 +361,14 @@ fn breakdown(
     );
     breakdown.push(
         format!(
-            "inode tables ({} inodes of {INODE_SIZE} B, {} used by the tree)",
+            "inode tables ({} inodes of {INODE_SIZE} B, {} in use)",
             layout.inodes_per_group * layout.groups,
             content.inodes
         ),
         layout.inode_tables * bs,
     );
     breakdown.push(
-        format!("block and inode bitmaps ({} groups)", layout.groups),
+        format!("block and inode bitmaps (block groups: {})", layout.groups),
         layout.bitmaps * bs,
     );
     breakdown.push(

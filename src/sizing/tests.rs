@@ -40,6 +40,9 @@ fn nesting_and_merging_add_directories() {
     assert_eq!(nested.directories[1].name_lengths, vec![5]);
     assert_eq!(nested.directories[2].name_lengths, vec![40, 41]);
 
+    let placed = TreeStats::empty().place_at(&["nix", "store"], store.clone());
+    assert_eq!(placed, nested);
+
     let merged = nested.merge(store);
     assert_eq!(merged.directories[0].name_lengths, vec![3, 40, 41]);
     assert_eq!(merged.directories.len(), 3);

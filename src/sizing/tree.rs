@@ -113,6 +113,14 @@ impl TreeStats {
         self
     }
 
+    /// Adds `other` below `components` of this tree (`["etc"]` for a
+    /// `contents` entry targeting `/etc/...`, `["nix", "store"]` for store
+    /// paths). Directories on the way that already exist are counted again:
+    /// a few bytes over, never under.
+    pub fn place_at(self, components: &[&str], other: TreeStats) -> Self {
+        self.merge(other.nest_under(components))
+    }
+
     /// The number of inodes the tree needs (root included).
     pub fn inodes(&self) -> u64 {
         (self.file_sizes.len() + self.directories.len() + self.symlink_targets.len()) as u64
