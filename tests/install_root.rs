@@ -123,19 +123,25 @@ fn spec(system: &TestSystem, host: &Path) -> ImageSpec {
     }
 }
 
-/// Two generations, both the test system's toplevel.
-fn generations(system: &TestSystem) -> Vec<PathBuf> {
-    vec![system.app.clone(), system.app.clone()]
+/// Two generations of the test system's toplevel: the store path, then a
+/// `result` link to it in `host` (as `nix-build` leaves one).
+fn generations(system: &TestSystem, host: &Path) -> Vec<PathBuf> {
+    let link = host.join("result");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink(&system.app, &link).unwrap();
+    }
+    vec![system.app.clone(), link]
 }
 
-fn closure(system: &TestSystem, spec: &ImageSpec) -> Closure {
-    let roots = closure_roots(spec, &generations(system)).expect("the closure roots");
+fn closure(system: &TestSystem, spec: &ImageSpec, host: &Path) -> Closure {
+    let roots = closure_roots(spec, &generations(system, host)).expect("the closure roots");
     Closure::from_store_paths(&roots).expect("the closure of the test system")
 }
 
 /// Stages the image root of `spec` into `root`.
-fn stage(system: &TestSystem, spec: &ImageSpec, closure: &Closure, root: &Path) {
-    let plan = plan_install(spec, &generations(system), closure).expect("the install plan");
+fn stage(system: &TestSystem, spec: &ImageSpec, closure: &Closure, host: &Path, root: &Path) {
+    let generations = generations(system, host);
+    let plan = plan_install(spec, &generations, closure).expect("the install plan");
     assert_eq!(
         plan.chowns,
         [ChownOp {
@@ -174,13 +180,13 @@ fn nix_verifies_the_installed_store_and_lists_exactly_the_closure() {
     let system = test_system();
     let host = host_files();
     let spec = spec(system, host.path());
-    let closure = closure(system, &spec);
+    let closure = closure(system, &spec, host.path());
     let drvs = closure
         .store_paths()
         .filter(|p| p.extension().is_some_and(|e| e == "drv"));
     assert!(drvs.count() >= 2, "the closure holds the derivations");
     let root = tempfile::tempdir().unwrap();
-    stage(system, &spec, &closure, root.path());
+    stage(system, &spec, &closure, host.path(), root.path());
     copy_store(&closure, root.path());
     let store = local_store(root.path());
     run(Command::new("nix").args(["store", "verify", "--no-trust", "--all", "--store", &store]));
@@ -207,7 +213,7 @@ fn nix_verifies_the_installed_store_and_lists_exactly_the_closure() {
 fn the_database_holds_the_rows_nix_load_db_makes() {
     let system = test_system();
     let host = host_files();
-    let closure = closure(system, &spec(system, host.path()));
+    let closure = closure(system, &spec(system, host.path()), host.path());
     let outputs = read_derivation_outputs(&closure).unwrap();
     let ours_dir = tempfile::tempdir().unwrap();
     let ours = ours_dir.path().join("db.sqlite");
@@ -307,11 +313,11 @@ fn equal_inputs_stage_identical_trees_with_canonical_metadata() {
     let system = test_system();
     let host = host_files();
     let spec = spec(system, host.path());
-    let closure = closure(system, &spec);
+    let closure = closure(system, &spec, host.path());
     let first = tempfile::tempdir().unwrap();
     let second = tempfile::tempdir().unwrap();
-    stage(system, &spec, &closure, first.path());
-    stage(system, &spec, &closure, second.path());
+    stage(system, &spec, &closure, host.path(), first.path());
+    stage(system, &spec, &closure, host.path(), second.path());
     let staged = tree(first.path());
     assert_eq!(staged, tree(second.path()));
     let as_root = rustix::process::geteuid().is_root();
@@ -336,7 +342,7 @@ fn equal_inputs_stage_identical_trees_with_canonical_metadata() {
         .permissions();
     assert_eq!(perms.mode() & 0o777, 0o644);
     // Staging refuses to write over a tree.
-    let plan = plan_install(&spec, &generations(system), &closure).unwrap();
+    let plan = plan_install(&spec, &generations(system, host.path()), &closure).unwrap();
     assert!(matches!(
         materialise(&plan.root, first.path()),
         Err(MaterialiseError::NotEmpty { .. })

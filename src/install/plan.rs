@@ -63,8 +63,27 @@ pub fn closure_roots(
     Ok(roots)
 }
 
+/// The toplevels as the closure names them: a `./result`-style symlink is
+/// followed to its store path. One that is in no way in the closure stays as
+/// given, for [`plan_image_root`] to report.
+fn store_paths_of(toplevels: &[PathBuf], closure: &Closure) -> Vec<PathBuf> {
+    let in_closure = |path: &PathBuf| closure.contains(path);
+    toplevels
+        .iter()
+        .map(|toplevel| {
+            if in_closure(toplevel) {
+                return toplevel.clone();
+            }
+            std::fs::canonicalize(toplevel)
+                .ok()
+                .filter(in_closure)
+                .unwrap_or_else(|| toplevel.clone())
+        })
+        .collect()
+}
+
 /// Plans the installation of `closure` with the generations `toplevels`
-/// (oldest first, store paths in the closure) for `spec`. Reads the host:
+/// (oldest first; store paths in the closure, or symlinks to them) for `spec`. Reads the host:
 /// `.drv` files of the closure, the channel link, the default generation's
 /// account files and the `contents` sources.
 pub fn plan_install(
@@ -72,10 +91,11 @@ pub fn plan_install(
     toplevels: &[PathBuf],
     closure: &Closure,
 ) -> Result<InstallPlan, InstallError> {
+    let toplevels = store_paths_of(toplevels, closure);
     let outputs = read_derivation_outputs(closure)?;
     let nix_db = render_nix_db(closure, &outputs, registration_time(spec.deterministic))?;
     let inputs = ImageRootInputs {
-        toplevels: toplevels.to_vec(),
+        toplevels: toplevels.clone(),
         channel: spec_channel(spec)?,
         config_file: spec.config_file.clone(),
         partition_table_type: spec.partition_table_type,
