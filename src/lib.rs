@@ -13,6 +13,7 @@ pub mod closure;
 pub mod convert;
 pub mod flake;
 pub mod initramfs;
+pub mod install;
 pub mod kernel;
 pub mod layout;
 pub mod output;
