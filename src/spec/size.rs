@@ -29,7 +29,9 @@ impl ByteSize {
 /// Why a size string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SizeError {
-    #[error("`{0}` is not a size: write a whole number of MiB (2048) or a number with a unit K, M, G or T (\"512M\", \"2G\")")]
+    #[error(
+        "`{0}` is not a size: write a whole number of MiB (2048) or a number with a unit K, M, G or T (\"512M\", \"2G\")"
+    )]
     Malformed(String),
     #[error("`{0}` is negative: sizes are zero or more")]
     Negative(String),
@@ -207,10 +209,22 @@ mod tests {
 
     #[test]
     fn refuses_bad_sizes() {
-        assert!(matches!("-1G".parse::<ByteSize>(), Err(SizeError::Negative(_))));
-        assert!(matches!("1.5G".parse::<ByteSize>(), Err(SizeError::Malformed(_))));
-        assert!(matches!("G".parse::<ByteSize>(), Err(SizeError::Malformed(_))));
-        assert!(matches!("12Q".parse::<ByteSize>(), Err(SizeError::Malformed(_))));
+        assert!(matches!(
+            "-1G".parse::<ByteSize>(),
+            Err(SizeError::Negative(_))
+        ));
+        assert!(matches!(
+            "1.5G".parse::<ByteSize>(),
+            Err(SizeError::Malformed(_))
+        ));
+        assert!(matches!(
+            "G".parse::<ByteSize>(),
+            Err(SizeError::Malformed(_))
+        ));
+        assert!(matches!(
+            "12Q".parse::<ByteSize>(),
+            Err(SizeError::Malformed(_))
+        ));
         assert!(matches!(
             "99999999999999T".parse::<ByteSize>(),
             Err(SizeError::Overflow(_))
