@@ -35,8 +35,12 @@ pub enum Firmware {
     Ovmf {
         /// The firmware code (`OVMF_CODE*.fd`).
         code: PathBuf,
+        /// Its format.
+        code_format: DiskFormat,
         /// The private vars file (a copy of `OVMF_VARS*.fd`).
         vars: PathBuf,
+        /// Its format.
+        vars_format: DiskFormat,
         /// Secure-boot builds need SMM and a secure pflash (`q35,smm=on`).
         smm: bool,
     },
@@ -52,7 +56,17 @@ pub enum DiskFormat {
 }
 
 impl DiskFormat {
-    fn as_str(self) -> &'static str {
+    /// Parses QEMU's format name (`raw`, `qcow2`).
+    pub fn from_name(name: &str) -> Option<DiskFormat> {
+        match name {
+            "raw" => Some(DiskFormat::Raw),
+            "qcow2" => Some(DiskFormat::Qcow2),
+            _ => None,
+        }
+    }
+
+    /// QEMU's name for the format.
+    pub fn as_str(self) -> &'static str {
         match self {
             DiskFormat::Raw => "raw",
             DiskFormat::Qcow2 => "qcow2",
@@ -192,15 +206,23 @@ impl QemuConfig {
         match &self.firmware {
             Firmware::SeaBios { bios: None } => {}
             Firmware::SeaBios { bios: Some(bios) } => a.pair("-bios", bios),
-            Firmware::Ovmf { code, vars, smm } => {
+            Firmware::Ovmf {
+                code,
+                code_format,
+                vars,
+                vars_format,
+                smm,
+            } => {
                 if *smm {
                     a.pair("-global", "driver=cfi.pflash01,property=secure,value=on");
                 }
-                a.pair(
-                    "-drive",
-                    drive_option("if=pflash,format=raw,unit=0,readonly=on", code),
+                let code_options = format!(
+                    "if=pflash,format={},unit=0,readonly=on",
+                    code_format.as_str()
                 );
-                a.pair("-drive", drive_option("if=pflash,format=raw,unit=1", vars));
+                a.pair("-drive", drive_option(&code_options, code));
+                let vars_options = format!("if=pflash,format={},unit=1", vars_format.as_str());
+                a.pair("-drive", drive_option(&vars_options, vars));
             }
         }
 

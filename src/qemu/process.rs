@@ -19,9 +19,10 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates `nixdisk-vm-XXXXXX` under the system temp dir (`$TMPDIR`).
-    pub fn create() -> Result<RunDir, Error> {
-        let parent = std::env::temp_dir();
+    /// Creates `nixdisk-vm-XXXXXX` under `parent`, or the system temp dir
+    /// (`$TMPDIR`) when `None`.
+    pub fn create(parent: Option<&Path>) -> Result<RunDir, Error> {
+        let parent = parent.map_or_else(std::env::temp_dir, Path::to_owned);
         let dir = tempfile::Builder::new()
             .prefix("nixdisk-vm-")
             .tempdir_in(&parent)
@@ -148,10 +149,17 @@ impl Supervised {
         }
     }
 
-    /// Kills the process group now (SIGKILL) and reaps the child.
-    pub async fn kill(&mut self) {
+    /// Kills the process group now (SIGKILL) and reaps the child when it
+    /// dies within a moment; the tokio child (kill_on_drop) reaps it later
+    /// otherwise.
+    pub fn kill_now(&mut self) {
         self.kill_group();
-        let _ = self.child.wait().await;
+        for _ in 0..100 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     fn kill_group(&self) {
@@ -167,14 +175,6 @@ impl Supervised {
 
 impl Drop for Supervised {
     fn drop(&mut self) {
-        self.kill_group();
-        // Reap at once when possible, so no zombie outlives the handle; the
-        // tokio child (kill_on_drop) reaps it later otherwise.
-        for _ in 0..50 {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        self.kill_now();
     }
 }

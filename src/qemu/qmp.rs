@@ -30,7 +30,7 @@ pub enum VmEvent {
     },
 }
 
-/// A connected QMP session; its events arrive on the receiver returned by
+/// A connected QMP session; its events go to the sender given to
 /// [`Qmp::connect`].
 pub struct Qmp {
     service: Service,
@@ -51,11 +51,12 @@ impl Drop for Qmp {
 
 impl Qmp {
     /// Connects to `socket` (retrying while QEMU starts, up to `timeout`),
-    /// negotiates capabilities, and starts reading events.
+    /// negotiates capabilities, and starts sending events to `events`.
     pub async fn connect(
         socket: &Path,
         timeout: Duration,
-    ) -> Result<(Qmp, mpsc::UnboundedReceiver<VmEvent>), Error> {
+        events_to: mpsc::UnboundedSender<VmEvent>,
+    ) -> Result<Qmp, Error> {
         let start = tokio::time::Instant::now();
         let negotiation = loop {
             match QmpStreamTokio::open_uds(socket).await {
@@ -77,7 +78,7 @@ impl Qmp {
             message: e.to_string(),
         })?;
         let (service, events) = stream.into_parts();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let tx = events_to;
         // The event stream must be polled for command responses to arrive too.
         let reader = tokio::spawn(async move {
             let mut events = Box::pin(events);
@@ -102,13 +103,10 @@ impl Qmp {
                 }
             }
         });
-        Ok((
-            Qmp {
-                service,
-                _reader: reader,
-            },
-            rx,
-        ))
+        Ok(Qmp {
+            service,
+            _reader: reader,
+        })
     }
 
     /// The VM's run state (`running`, `paused`, `shutdown`, ...).

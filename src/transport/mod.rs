@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::qemu::{self, RunDir, Supervised, TransportDevice};
+use crate::qemu::{self, Supervised, TransportDevice};
 
 /// The vsock port the agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -162,8 +162,8 @@ pub enum Transport {
     },
     /// vsock through a supervised `vhost-device-vsock`.
     VhostUserVsock {
-        /// The daemon, killed on drop.
-        daemon: Supervised,
+        /// The daemon, killed on drop, until [`Transport::take_daemon`].
+        daemon: Option<Supervised>,
         /// Its vhost-user socket, for QEMU.
         vhost_socket: PathBuf,
         /// Its host-side socket, for us.
@@ -177,12 +177,12 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// Sets up `kind` in `run_dir`; for vhost-user vsock this starts the
+    /// Sets up `kind` in the directory `run_dir`; for vhost-user vsock this starts the
     /// daemon and waits for its socket, so QEMU can connect at once.
     pub async fn prepare(
         kind: TransportKind,
         caps: &HostCapabilities,
-        run_dir: &RunDir,
+        run_dir: &Path,
     ) -> Result<Transport, Error> {
         match kind {
             TransportKind::KernelVsock => Ok(Transport::KernelVsock { cid: pick_cid() }),
@@ -204,7 +204,7 @@ impl Transport {
                     .wait_for_path(&vhost_socket, Duration::from_secs(10))
                     .await?;
                 Ok(Transport::VhostUserVsock {
-                    daemon,
+                    daemon: Some(daemon),
                     vhost_socket,
                     uds_path,
                 })
@@ -247,10 +247,11 @@ impl Transport {
         }
     }
 
-    /// The supervised daemon, if this transport has one.
-    pub fn daemon(&mut self) -> Option<&mut Supervised> {
+    /// Hands over the supervised daemon, if this transport has one, so
+    /// that whoever watches the VM also watches it.
+    pub fn take_daemon(&mut self) -> Option<Supervised> {
         match self {
-            Transport::VhostUserVsock { daemon, .. } => Some(daemon),
+            Transport::VhostUserVsock { daemon, .. } => daemon.take(),
             _ => None,
         }
     }

@@ -117,7 +117,9 @@ fn ovmf_kvm_vhost_user_vsock_shares_memory() {
         accel: Accel::Kvm,
         firmware: Firmware::Ovmf {
             code: "/fw/OVMF_CODE.fd".into(),
+            code_format: DiskFormat::Raw,
             vars: "/run/vars.fd".into(),
+            vars_format: DiskFormat::Qcow2,
             smm: false,
         },
         transport: TransportDevice::VhostUserVsock {
@@ -144,7 +146,7 @@ fn ovmf_kvm_vhost_user_vsock_shares_memory() {
             "-drive",
             "if=pflash,format=raw,unit=0,readonly=on,file=/fw/OVMF_CODE.fd",
             "-drive",
-            "if=pflash,format=raw,unit=1,file=/run/vars.fd",
+            "if=pflash,format=qcow2,unit=1,file=/run/vars.fd",
         ]
         .map(String::from),
     );
@@ -162,7 +164,9 @@ fn secure_boot_ovmf_enables_smm_and_secure_pflash() {
     let config = QemuConfig {
         firmware: Firmware::Ovmf {
             code: "/fw/OVMF_CODE.secboot.fd".into(),
+            code_format: DiskFormat::Raw,
             vars: "/run/vars.fd".into(),
+            vars_format: DiskFormat::Raw,
             smm: true,
         },
         ..base()
