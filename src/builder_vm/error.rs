@@ -41,9 +41,21 @@ pub enum Error {
         /// Its format.
         format: String,
     },
-    /// Preparing the kernel or initramfs failed.
-    #[error("cannot prepare the builder's boot files: {0}")]
-    Boot(String),
+    /// Finding or unpacking the builder kernel failed.
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
+    /// Building the initramfs failed.
+    #[error(transparent)]
+    Initramfs(#[from] crate::initramfs::InitramfsError),
+    /// No free kernel-vsock CID was found.
+    #[error("no free vsock CID after {tries} tries; hint: use --transport vhost-user-vsock or serial")]
+    NoFreeCid {
+        /// How many CIDs were tried.
+        tries: u32,
+    },
+    /// A task of nixdisk itself failed (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Starting or talking to QEMU failed.
     #[error(transparent)]
     Qemu(#[from] crate::qemu::Error),

@@ -154,7 +154,7 @@ impl BuilderVm {
         };
 
         let attempts = accel_attempts(config.accel, kvm_opens());
-        let mut result = Err(Error::Boot("no accelerator to try".into()));
+        let mut result = Err(Error::Internal("no accelerator to try".into()));
         for (index, accel) in attempts.iter().copied().enumerate() {
             let last = index + 1 == attempts.len();
             result = start_attempt(config, &prepared, &run_dir, accel, last).await;
@@ -325,9 +325,7 @@ async fn start_attempt(
             other => return other.map(|(c, q, w, t)| (c, q, w, dir.clone(), t)),
         }
     }
-    Err(Error::Boot(
-        "no free vsock CID after 3 tries; hint: use --transport vhost-user-vsock or serial".into(),
-    ))
+    Err(Error::NoFreeCid { tries: 3 })
 }
 
 async fn boot_once(
