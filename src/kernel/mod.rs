@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, info};
 
 pub use cache::{Cache, CacheError};
-pub use modules::{BUILDER_MODULES, Module, ModuleIndex, Resolution};
+pub use modules::{
+    BASE_MODULES, BUILDER_MODULES, Module, ModuleIndex, Resolution, builder_module_names,
+};
 pub use vmlinux::pvh_vmlinux;
 
 /// Errors of kernel discovery, extraction and module resolution.
@@ -289,12 +291,20 @@ fn explicit(search: &KernelSearch, image: &Path) -> Result<BuilderKernel, Kernel
 }
 
 impl BuilderKernel {
-    /// Resolves [`BUILDER_MODULES`] against this kernel's modules.
+    /// Resolves [`BUILDER_MODULES`] (every module a builder may need)
+    /// against this kernel's modules.
     pub fn builder_modules(&self) -> Result<Resolution, KernelError> {
-        let resolution = ModuleIndex::load(&self.modules_dir)?.resolve(BUILDER_MODULES);
+        self.resolve_modules(BUILDER_MODULES)
+    }
+
+    /// Resolves `names` (e.g. from [`builder_module_names`]) against this
+    /// kernel's modules; missing ones are logged and listed in the result.
+    pub fn resolve_modules(&self, names: &[&str]) -> Result<Resolution, KernelError> {
+        let resolution = ModuleIndex::load(&self.modules_dir)?.resolve(names);
         if !resolution.missing.is_empty() {
             info!(missing = ?resolution.missing, release = %self.release, "kernel lacks builder modules");
         }
+        debug!(modules = resolution.load_order.len(), builtin = ?resolution.builtin, "modules resolved");
         Ok(resolution)
     }
 }

@@ -224,3 +224,32 @@ fn discovery_picks_the_newest_kernel_with_modules() {
         "{err}"
     );
 }
+
+#[test]
+fn module_names_follow_the_file_system_and_firmware() {
+    use crate::spec::FsType;
+    let ext4 = builder_module_names(FsType::Ext4, false);
+    assert!(
+        ext4.contains(&"ext4")
+            && !ext4.contains(&"xfs")
+            && !ext4.contains(&"btrfs")
+            && !ext4.contains(&"efivarfs")
+    );
+    assert_eq!(builder_module_names(FsType::Ext2, false), ext4);
+    let xfs = builder_module_names(FsType::Xfs, true);
+    assert_eq!(&xfs[BASE_MODULES.len()..], ["xfs", "efivarfs"]);
+    assert_eq!(builder_module_names(FsType::Vfat, false), BASE_MODULES);
+}
+
+#[test]
+fn hostile_elf_headers_do_not_panic() {
+    let mut elf = elf_with_notes(&[(b"Xen\0", 18, &1u32.to_le_bytes())]);
+    elf[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert_eq!(pvh_entry(&elf), None);
+    let mut elf = elf_with_notes(&[(b"Xen\0", 18, &1u32.to_le_bytes())]);
+    elf[64 + 8..64 + 16].copy_from_slice(&(u64::MAX - 2).to_le_bytes());
+    assert_eq!(pvh_entry(&elf), None);
+    let mut elf = elf_with_notes(&[(b"Xen\0", 18, &1u32.to_le_bytes())]);
+    elf[120..124].copy_from_slice(&u32::MAX.to_le_bytes()); // namesz
+    assert_eq!(pvh_entry(&elf), None);
+}

@@ -6,7 +6,6 @@
 //! the setup header gives the compressed payload's offset and length, its
 //! magic the compression. Parsing is pure; [`pvh_vmlinux`] adds the cache.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, info};
@@ -25,7 +24,7 @@ pub enum Compression {
     Xz,
     /// gzip.
     Gzip,
-    /// zstd.
+    /// zstd (nixpkgs' choice).
     Zstd,
     /// Anything else (lzma, bzip2, lzo, lz4, or none).
     Other,
@@ -33,7 +32,7 @@ pub enum Compression {
 
 /// Reads a little-endian integer of `N` bytes at `at`.
 fn le<const N: usize>(bytes: &[u8], at: usize) -> Option<u64> {
-    let s = bytes.get(at..at + N)?;
+    let s = bytes.get(at..at.checked_add(N)?)?;
     Some(
         s.iter()
             .rev()
@@ -103,7 +102,7 @@ pub fn pvh_entry(elf: &[u8]) -> Option<u32> {
     let phentsize = le::<2>(elf, 0x36)? as usize;
     let phnum = le::<2>(elf, 0x38)? as usize;
     for i in 0..phnum {
-        let ph = phoff + i * phentsize;
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
         if le::<4>(elf, ph)? as u32 != PT_NOTE {
             continue;
         }
@@ -131,21 +130,57 @@ pub fn pvh_entry(elf: &[u8]) -> Option<u32> {
 }
 
 /// Decompresses a bzImage payload to the vmlinux ELF. `Ok(None)` when the
-/// compression is one nixdisk does not decompress (only xz, Debian's, is
-/// supported): the caller then boots the bzImage.
+/// compression is one nixdisk does not decompress (lzma, bzip2, lzo, lz4):
+/// the caller then boots the bzImage. Debian uses xz, nixpkgs zstd.
 pub fn decompress_payload(
     payload: &[u8],
     compression: Compression,
 ) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(payload.len() * 8);
     match compression {
-        Compression::Xz => {
-            let mut out = Vec::with_capacity(payload.len() * 5);
-            // A single-stream decoder stops at the stream end, ignoring the
-            // 4-byte decompressed size the kernel build appends.
-            xz2::read::XzDecoder::new(payload).read_to_end(&mut out)?;
-            Ok(Some(out))
+        Compression::Xz => return decompress_xz_stream(payload).map(Some),
+        // Both decoders stop at the end of the first member/frame, before the
+        // 4-byte size the kernel build appends.
+        Compression::Gzip => {
+            flate2::read::GzDecoder::new(payload).read_to_end(&mut out)?;
         }
-        Compression::Gzip | Compression::Zstd | Compression::Other => Ok(None),
+        Compression::Zstd => {
+            let mut decoder = ruzstd::decoding::StreamingDecoder::new(payload)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            decoder.read_to_end(&mut out)?;
+        }
+        Compression::Other => return Ok(None),
+    }
+    Ok(Some(out))
+}
+
+/// Decodes the one xz stream at the start of `input`, ignoring what
+/// follows it (the kernel build appends the decompressed size, which a
+/// stream-reading decoder would take for a corrupt second stream).
+pub fn decompress_xz_stream(input: &[u8]) -> std::io::Result<Vec<u8>> {
+    use xz2::stream::{Action, Status, Stream};
+    let invalid = |e: xz2::stream::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let mut stream = Stream::new_stream_decoder(u64::MAX, 0).map_err(invalid)?;
+    let mut out = Vec::with_capacity(input.len() * 8);
+    loop {
+        let (before_in, before_out) = (stream.total_in(), stream.total_out());
+        let rest = input.get(before_in as usize..).unwrap_or_default();
+        if stream
+            .process_vec(rest, &mut out, Action::Finish)
+            .map_err(invalid)?
+            == Status::StreamEnd
+        {
+            return Ok(out);
+        }
+        if out.len() == out.capacity() {
+            out.reserve(out.capacity().max(1 << 20));
+        } else if stream.total_in() == before_in && stream.total_out() == before_out {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "xz stream ends early",
+            ));
+        }
     }
 }
 
