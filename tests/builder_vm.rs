@@ -78,18 +78,20 @@ async fn boot_run_and_stream(firmware: FirmwareKind, transport: TransportKind, m
     assert_eq!((code, stderr.as_str()), (3, "oops\n"));
 
     let data = pattern(mib * MIB, mib as u64);
+    eprintln!("commands done after {:?}", vm.vm().startup_time());
     let started = Instant::now();
     let sent = vm
         .vm()
         .agent()
-        .write_file("/tmp/stream", 0o600, &data[..])
+        .write_file("/mnt/stream", 0o600, &data[..])
         .await
         .expect("writing into the guest");
     let up = started.elapsed();
     assert_eq!(sent.bytes, data.len() as u64);
     assert_eq!(sent.sha256, sha256_hex(&data));
-    // The guest's own tool agrees on what arrived.
-    let (code, stdout, _) = run(&mut vm, &["sh", "-c", "sha256sum < /proc/1/root/tmp/stream"]).await;
+    // The guest's own tool agrees on what arrived (the agent's /mnt is
+    // also /mnt in the chroot).
+    let (code, stdout, _) = run(&mut vm, &["sha256sum", "/mnt/stream"]).await;
     assert_eq!(code, 0);
     assert_eq!(stdout.split_whitespace().next(), Some(sent.sha256.as_str()));
 
@@ -98,7 +100,7 @@ async fn boot_run_and_stream(firmware: FirmwareKind, transport: TransportKind, m
     let received = vm
         .vm()
         .agent()
-        .read_file("/tmp/stream", &mut back)
+        .read_file("/mnt/stream", &mut back)
         .await
         .expect("reading from the guest");
     let down = started.elapsed();
