@@ -18,14 +18,15 @@ const MIB: usize = 1024 * 1024;
 /// Deterministic, incompressible-looking test data.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -292,5 +293,96 @@ async fn a_file_that_is_no_kernel_is_refused() {
     let error = scope.start(&config).await.expect_err("not a kernel");
     std::fs::remove_file(&bogus).expect("remove");
     assert_clear(&error, since, Duration::from_secs(10), "bogus-kernel");
+    scope.assert_clean();
+}
+
+/// The environment variable that turns [`vm_command_child`] into a
+/// `nixdisk vm` process: the arguments, separated by newlines.
+const CHILD_ARGS: &str = "NIXDISK_TEST_VM_COMMAND_ARGS";
+
+/// Not a check on its own: when [`CHILD_ARGS`] is set, this test process
+/// becomes `nixdisk vm ARGS` (the Ctrl-C test below starts it that way,
+/// since the CLI's binary is wired elsewhere) and exits with its status.
+#[test]
+fn vm_command_child() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: nixdisk::vm_command::VmArgs,
+    }
+    let Ok(args) = std::env::var(CHILD_ARGS) else {
+        return;
+    };
+    let cli = Cli::parse_from(std::iter::once("nixdisk-vm").chain(args.lines()));
+    let code = match nixdisk::vm_command::run(cli.args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nixdisk vm: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+#[test]
+fn ctrl_c_stops_the_vm_and_leaves_nothing() {
+    use std::io::BufRead;
+    if !support::require_vm_tools() {
+        return;
+    }
+    let scope = VmScope::new();
+    let args = [
+        "--accel",
+        "tcg",
+        "--transport",
+        "vhost-user-vsock",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; sleep 100",
+    ]
+    .join("\n");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", "vm_command_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ARGS, args)
+        .env("TMPDIR", scope.parent())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the child starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.trim() == "ready" {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    let ready = ready_rx.recv_timeout(Duration::from_secs(300));
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a pid");
+    if ready.is_err() {
+        let _ = child.kill();
+        panic!("the command never ran in the VM");
+    }
+    assert!(
+        !support::processes_mentioning(scope.parent()).is_empty(),
+        "QEMU runs with its run directory in the scope"
+    );
+    let since = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if since.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("the child did not exit within 15 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("exited {status} after {:?}", since.elapsed());
+    assert_eq!(status.code(), Some(130));
     scope.assert_clean();
 }
