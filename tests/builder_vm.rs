@@ -209,36 +209,45 @@ async fn killed_qemu_ends_the_run() {
     scope.assert_clean();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn crashed_agent_is_reported_as_such() {
+/// Starts a VM whose agent fails on purpose right after hello
+/// (`nixdisk.fault=`) and checks the error that ends it (from the start
+/// itself, or from the first request) names the crash and `expected`.
+async fn crash_agent(fault: &str, expected: &str) {
     if !support::require_vm_tools() {
         return;
     }
     let scope = VmScope::new();
-    let mut vm = started(&scope).await;
-    // Overwrite the agent's code with ud2 (via /proc/1/mem, as root may):
-    // PID 1 dies of SIGILL, as it would of a real bug.
-    let script = r#"
-set -e
-range=$(grep ' r-xp .*/init$' /proc/1/maps | head -n 1 | cut -d' ' -f1)
-start=$((0x${range%-*}))
-end=$((0x${range#*-}))
-yes "$(printf '\017\013')" | tr -d '\n' | head -c $((end - start)) > /tmp/ud2
-dd if=/tmp/ud2 of=/proc/1/mem bs=4096 seek=$((start / 4096)) conv=notrunc 2>/dev/null
-echo "the agent's code is gone"
-sleep 30
-"#;
+    let config = BuilderVmConfig {
+        extra_kernel_args: vec![format!("nixdisk.fault={fault}")],
+        ..scope.config(FirmwareKind::Bios, TransportKind::VhostUserVsock)
+    };
     let since = Instant::now();
-    let error = vm
-        .vm()
-        .agent()
-        .run(&["sh", "-c", script], |_, _| {})
-        .await
-        .expect_err("the agent crashes");
+    let error = match scope.start(&config).await {
+        Err(e) => e,
+        Ok(mut vm) => {
+            let error = vm
+                .vm()
+                .agent()
+                .run(&["true"], |_, _| {})
+                .await
+                .expect_err("the agent is gone");
+            vm.stop_and_assert_gone();
+            error
+        }
+    };
     assert!(matches!(error, Error::AgentCrashed { .. }), "{error:?}");
-    assert_clear(&error, since, Duration::from_secs(15), "Attempted to kill init");
-    vm.stop_and_assert_gone();
+    assert_clear(&error, since, Duration::from_secs(120), expected);
     scope.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_exiting_as_pid_1_is_reported_as_a_crash() {
+    crash_agent("exit", "Attempted to kill init").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_panicking_is_reported_as_a_crash() {
+    crash_agent("panic", "fault injected by nixdisk.fault=panic").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -252,7 +261,20 @@ async fn missing_host_share_fails_the_start_with_the_agents_reason() {
         ..scope.config(FirmwareKind::Bios, TransportKind::VirtioSerial)
     };
     let since = Instant::now();
-    let error = scope.start(&config).await.expect_err("the share is missing");
+    let error = match scope.start(&config).await {
+        Err(e) => e,
+        // A report that came late surfaces at the first request.
+        Ok(mut vm) => {
+            let error = vm
+                .vm()
+                .agent()
+                .run(&["true"], |_, _| {})
+                .await
+                .expect_err("the agent failed at startup");
+            vm.stop_and_assert_gone();
+            error
+        }
+    };
     assert!(matches!(error, Error::AgentFailed { .. }), "{error:?}");
     // Boot plus the agent's 5 s of mount retries.
     assert_clear(&error, since, Duration::from_secs(90), "no-such-tag");
@@ -355,7 +377,8 @@ fn ctrl_c_stops_the_vm_and_leaves_nothing() {
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if line.trim() == "ready" {
+            // libtest prints its "test ... " prefix without a newline.
+            if line.trim_end().ends_with("ready") {
                 let _ = ready_tx.send(());
             }
         }
