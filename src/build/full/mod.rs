@@ -1,0 +1,346 @@
+//! Full images: nixdisk plans the disk and the image root on the host, then
+//! the builder VM makes the file systems, copies the closure from the host's
+//! store, runs the system's bootloader installation and powers off.
+//!
+//! Host side: closure -> install plan (Nix database, profile links, contents)
+//! -> size -> partition table written into the raw image -> staging tree sent
+//! as a tar. Guest side: the scripts of [`steps`], one per phase.
+
+mod steps;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::builder_vm::{self, BuilderVm, BuilderVmConfig};
+use crate::closure::Closure;
+use crate::install::{self, InstallError};
+use crate::layout::{self, LayoutError, PartitionTable};
+use crate::qemu::{Disk, DiskFormat};
+use crate::sizing::{self, FsSize, SizingError, TreeStats};
+use crate::spec::{DiskSize, ImageSpec};
+
+pub use steps::{Step, StepInputs, plan_steps};
+
+/// Bytes set aside per generation for kernels and initrds the bootloader
+/// copies onto the root file system when /boot is not its own partition.
+const BOOT_FILES_ALLOWANCE: u64 = 8 * 1024 * 1024;
+/// How long the builder VM may take to power off after the last step.
+const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(60);
+/// Environment variable naming the GRUB devices of the system (space
+/// separated); the Nix wrapper sets it from the configuration.
+pub const GRUB_DEVICES_ENV: &str = "NIXDISK_GRUB_DEVICES";
+
+/// Why a full image could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FullImageError {
+    /// A system is not a store path of a NixOS toplevel.
+    #[error(
+        "`{}` is not a NixOS system: a full image needs the toplevel store path (with bin/switch-to-configuration)\nhint: pass the system's toplevel (config.system.build.toplevel), not a closureInfo directory",
+        path.display()
+    )]
+    NotAToplevel {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The image root could not be planned.
+    #[error("could not plan the image's root")]
+    Install(#[from] InstallError),
+    /// The image root could not be staged.
+    #[error("could not stage the image's root")]
+    Materialise(#[from] install::MaterialiseError),
+    /// Sizing failed.
+    #[error("could not size the root file system")]
+    Sizing(#[from] SizingError),
+    /// The layout could not be planned or written.
+    #[error("could not lay out the disk")]
+    Layout(#[from] LayoutError),
+    /// The closure does not fit the fixed disk size.
+    #[error(
+        "the system does not fit: its root file system needs {} but diskSize {} leaves {} for it\nhint: use diskSize \"auto\", or at least {}",
+        sizing::human(*needed), sizing::human(*disk_size), sizing::human(*available), sizing::human(*minimum_disk)
+    )]
+    DoesNotFit {
+        /// Bytes the root file system needs.
+        needed: u64,
+        /// The disk size given.
+        disk_size: u64,
+        /// Bytes of the root partition at that disk size.
+        available: u64,
+        /// The smallest disk that fits.
+        minimum_disk: u64,
+    },
+    /// A host-side file operation failed.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Packing the staging tree failed.
+    #[error("could not pack the image root with tar: {0}")]
+    Tar(String),
+    /// The builder VM failed.
+    #[error("the builder VM failed")]
+    Vm(#[from] builder_vm::Error),
+    /// An install step failed in the builder VM.
+    #[error(
+        "install step `{step}` failed in the builder VM ({status})\n{output}\n--- guest console (last lines) ---\n{console}"
+    )]
+    Step {
+        /// The step's name.
+        step: &'static str,
+        /// How it ended.
+        status: String,
+        /// The last lines of its output.
+        output: String,
+        /// The tail of the guest console.
+        console: String,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FullImageError {
+    let path = path.to_owned();
+    move |source| FullImageError::Io { what, path, source }
+}
+
+/// Builds the full image into the raw image `raw`; `work` is a private
+/// scratch directory. Returns the EFI variables file when `touchEFIVars`
+/// asked for one.
+pub fn build(
+    spec: &ImageSpec,
+    closure: &Closure,
+    raw: &Path,
+    work: &Path,
+) -> Result<Option<PathBuf>, FullImageError> {
+    let toplevels = toplevels(spec)?;
+    let plan = install::plan_install(spec, &toplevels, closure)?;
+    // Removed when this returns, whatever happens.
+    let scratch = tempfile::Builder::new()
+        .prefix(".nixdisk-work-")
+        .tempdir_in(work)
+        .map_err(io("could not create a scratch directory in", work))?;
+    let work = scratch.path();
+    let staging = work.join("image-root");
+    install::materialise(&plan.root, &staging)?;
+    let size = size_root(spec, closure, &staging, &toplevels)?;
+    let table = lay_out(spec, &size)?;
+    create_disk(raw, &table)?;
+    let tar = work.join("image-root.tar");
+    pack(&staging, &tar)?;
+    let paths_file = work.join("store-paths");
+    std::fs::write(&paths_file, closure.store_paths_text())
+        .map_err(io("could not write", &paths_file))?;
+    let inputs = StepInputs {
+        root_mkfs_options: size.mkfs_options.clone(),
+        grub_devices: grub_devices(),
+        chowns: plan.chowns.clone(),
+        efi_vars: spec.touch_efi_vars,
+    };
+    let steps = plan_steps(spec, &table, &inputs);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io("could not start the async runtime for", work))?;
+    runtime.block_on(run_in_vm(spec, raw, &tar, &paths_file, &steps))?;
+    Ok(None)
+}
+
+/// The systems to install, oldest first, each checked to be a toplevel.
+fn toplevels(spec: &ImageSpec) -> Result<Vec<PathBuf>, FullImageError> {
+    super::inputs::systems(spec)
+        .into_iter()
+        .map(|system| {
+            let resolved = std::fs::canonicalize(&system).unwrap_or_else(|_| system.clone());
+            if resolved.join("bin/switch-to-configuration").exists()
+                || resolved.join("init").exists()
+            {
+                Ok(resolved)
+            } else {
+                Err(FullImageError::NotAToplevel { path: system })
+            }
+        })
+        .collect()
+}
+
+fn grub_devices() -> Vec<PathBuf> {
+    std::env::var(GRUB_DEVICES_ENV)
+        .map(|text| text.split_whitespace().map(PathBuf::from).collect())
+        .unwrap_or_default()
+}
+
+/// The root file system's size: the store, the staged root, room for the
+/// bootloader's copies of kernels where /boot lives on root, plus
+/// additionalSpace (auto), or a check that a fixed disk holds it.
+fn size_root(
+    spec: &ImageSpec,
+    closure: &Closure,
+    staging: &Path,
+    toplevels: &[PathBuf],
+) -> Result<FsSize, FullImageError> {
+    let paths: Vec<PathBuf> = closure.store_paths().map(Path::to_path_buf).collect();
+    let stats = TreeStats::measure(&paths)?
+        .nest_under(&["nix", "store"])
+        .merge(TreeStats::measure_dir(staging)?);
+    let boot_on_root = layout::plan(spec, layout::minimum_disk_size(spec))
+        .map(|t| !t.partitions.iter().any(|p| p.mount_point == Some("/boot")))
+        .unwrap_or(true);
+    let boot_files = if boot_on_root && spec.install_boot_loader {
+        toplevels.len() as u64 * BOOT_FILES_ALLOWANCE
+            + toplevels.iter().map(|t| boot_files_size(t)).sum::<u64>()
+    } else {
+        0
+    };
+    let block = sizing::default_block_size(spec.fs_type);
+    let extra = spec.additional_space.bytes() + boot_files;
+    let size = sizing::fs_size(spec.fs_type, &stats, extra, block)?;
+    tracing::info!("root file system size:\n{}", size.breakdown);
+    Ok(size)
+}
+
+fn boot_files_size(toplevel: &Path) -> u64 {
+    ["kernel", "initrd"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(toplevel.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The partition table: auto sized around the root file system, or the fixed
+/// size checked to hold it before any VM starts.
+fn lay_out(spec: &ImageSpec, size: &FsSize) -> Result<PartitionTable, FullImageError> {
+    let needed_disk = layout::disk_size_for_root(spec, size.bytes);
+    let disk_size = match spec.disk_size {
+        DiskSize::Auto => needed_disk,
+        DiskSize::Fixed(fixed) => fixed.bytes(),
+    };
+    let table = layout::plan(spec, disk_size)?;
+    // additionalSpace is what auto adds; a fixed disk must hold the contents.
+    let needed = size.bytes.saturating_sub(spec.additional_space.bytes());
+    let available = table.root().size;
+    if available < needed {
+        return Err(FullImageError::DoesNotFit {
+            needed,
+            disk_size,
+            available,
+            minimum_disk: needed_disk,
+        });
+    }
+    Ok(table)
+}
+
+fn create_disk(raw: &Path, table: &PartitionTable) -> Result<(), FullImageError> {
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(raw)
+        .map_err(io("could not create the image", raw))?;
+    file.set_len(table.disk_size)
+        .map_err(io("could not size the image", raw))?;
+    drop(file);
+    if table.kind != layout::TableKind::None {
+        layout::write_table(table, raw)?;
+    }
+    Ok(())
+}
+
+fn pack(staging: &Path, tar: &Path) -> Result<(), FullImageError> {
+    let output = Command::new("tar")
+        .arg("-C")
+        .arg(staging)
+        .args(["--numeric-owner", "-cf"])
+        .arg(tar)
+        .arg(".")
+        .output()
+        .map_err(io("could not run tar for", tar))?;
+    if !output.status.success() {
+        return Err(FullImageError::Tar(
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+async fn run_in_vm(
+    spec: &ImageSpec,
+    raw: &Path,
+    tar: &Path,
+    paths_file: &Path,
+    steps: &[Step],
+) -> Result<(), FullImageError> {
+    let config = BuilderVmConfig {
+        firmware: if spec.touch_efi_vars {
+            nixdisk_firmware::FirmwareKind::Uefi
+        } else {
+            nixdisk_firmware::FirmwareKind::Bios
+        },
+        memory_mib: spec.mem_size,
+        disks: vec![Disk {
+            path: raw.to_owned(),
+            format: DiskFormat::Raw,
+        }],
+        stream_console: tracing::enabled!(tracing::Level::DEBUG),
+        ..BuilderVmConfig::default()
+    };
+    let started = Instant::now();
+    let spinner = crate::progress::spinner("starting the builder VM");
+    let vm = BuilderVm::start(&config).await;
+    spinner.finish_and_clear();
+    let mut vm = vm?;
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        accel = ?vm.accel(),
+        transport = ?vm.transport(),
+        "builder VM ready"
+    );
+    for (file, guest) in [(paths_file, steps::PATHS_FILE), (tar, steps::STAGING_TAR)] {
+        let source = tokio::fs::File::open(file)
+            .await
+            .map_err(io("could not open", file))?;
+        vm.agent().write_file(guest, 0o600, source).await?;
+    }
+    let bar = crate::progress::steps_bar(steps.len() as u64, "installing");
+    for step in steps {
+        bar.set_message(step.name);
+        let started = Instant::now();
+        let mut output = Vec::new();
+        let code = vm
+            .agent()
+            .run(&["/bin/sh", "-eu", "-c", &step.script], |_, data| {
+                output.extend_from_slice(data);
+                for line in String::from_utf8_lossy(data).lines() {
+                    tracing::debug!(target: "nixdisk::guest", "{line}");
+                }
+            })
+            .await?;
+        if code != 0 {
+            bar.finish_and_clear();
+            return Err(FullImageError::Step {
+                step: step.name,
+                status: format!("exit status {code}"),
+                output: tail(&output, 20),
+                console: vm.console(),
+            });
+        }
+        tracing::info!(
+            step = step.name,
+            seconds = started.elapsed().as_secs_f64(),
+            "done"
+        );
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    vm.shutdown(POWER_OFF_TIMEOUT).await?;
+    Ok(())
+}
+
+/// The last `lines` lines of a command's output.
+fn tail(output: &[u8], lines: usize) -> String {
+    let text = String::from_utf8_lossy(output);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,274 @@
+//! The builder VM's install steps as shell scripts, planned on the host.
+//!
+//! Each step is one script run by the agent in the chroot of the host share,
+//! so it uses the host's own tools (`mkfs.*`, `mount`, `cp`, `chroot`). The
+//! plan is pure: tests compare the scripts exactly.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::install::ChownOp;
+use crate::layout::{PartitionTable, Role, TableKind};
+use crate::spec::{FsType, ImageSpec};
+
+/// The target disk as the builder VM sees it: the first virtio disk.
+pub const TARGET_DISK: &str = "/dev/vda";
+/// Where the target's root is mounted in the builder (a tmpfs the agent and
+/// the chroot share).
+pub const TARGET_ROOT: &str = "/mnt/root";
+/// Where the host sends the list of store paths to copy.
+pub const PATHS_FILE: &str = "/mnt/store-paths";
+/// Where the host sends the tar of the image root staging tree.
+pub const STAGING_TAR: &str = "/mnt/image-root.tar";
+
+/// One install step: a name for progress and errors, and its script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// What the step does, for progress and error messages.
+    pub name: &'static str,
+    /// The POSIX shell script, run with `sh -eu -c`.
+    pub script: String,
+}
+
+/// What the install steps need to know besides the spec and the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepInputs {
+    /// `mkfs` options for the root file system from the sizing.
+    pub root_mkfs_options: Vec<String>,
+    /// GRUB devices named by the system, linked to the target disk.
+    pub grub_devices: Vec<PathBuf>,
+    /// Owner changes for `contents`, after everything is copied.
+    pub chowns: Vec<ChownOp>,
+    /// The EFI variables are writable (the builder runs on OVMF).
+    pub efi_vars: bool,
+}
+
+/// Quotes `text` for a POSIX shell.
+pub fn quote(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+/// The device node of partition `number` (0: the whole disk).
+pub fn partition_device(number: u32) -> String {
+    if number == 0 {
+        TARGET_DISK.to_owned()
+    } else {
+        format!("{TARGET_DISK}{number}")
+    }
+}
+
+/// The install steps for `spec` on `table`, in order.
+pub fn plan_steps(spec: &ImageSpec, table: &PartitionTable, inputs: &StepInputs) -> Vec<Step> {
+    let mut steps = vec![
+        Step {
+            name: "make file systems",
+            script: mkfs_script(spec, table, inputs),
+        },
+        Step {
+            name: "copy the closure",
+            script: copy_script(),
+        },
+        Step {
+            name: "mount boot partitions",
+            script: mount_boot_script(table),
+        },
+    ];
+    if spec.install_boot_loader {
+        steps.push(Step {
+            name: "install the bootloader",
+            script: bootloader_script(inputs),
+        });
+    }
+    if !inputs.chowns.is_empty() {
+        steps.push(Step {
+            name: "set owners of contents",
+            script: chown_script(&inputs.chowns),
+        });
+    }
+    steps.push(Step {
+        name: "unmount and sync",
+        script: format!("sync\numount -R {TARGET_ROOT}\nsync\n"),
+    });
+    steps
+}
+
+/// A FAT volume id (8 hex digits) derived from a UUID.
+fn fat_volume_id(uuid: &str) -> String {
+    let hex: String = uuid.chars().filter(char::is_ascii_hexdigit).collect();
+    hex.chars().take(8).collect::<String>().to_uppercase()
+}
+
+fn mkfs_script(spec: &ImageSpec, table: &PartitionTable, inputs: &StepInputs) -> String {
+    let mut script = String::new();
+    let uuid = spec.effective_root_fsuid().to_lowercase();
+    for partition in &table.partitions {
+        let device = partition_device(if table.kind == TableKind::None {
+            0
+        } else {
+            partition.number
+        });
+        let Some(fs) = partition.fs_type else {
+            continue;
+        };
+        let line = match partition.role {
+            Role::Root => root_mkfs(spec, fs, &uuid, &inputs.root_mkfs_options, &device),
+            Role::Esp | Role::Xbootldr | Role::Boot => {
+                let label = match partition.role {
+                    Role::Esp => "ESP",
+                    _ => "BOOT",
+                };
+                let guid = partition
+                    .guid
+                    .map(|g| g.to_string())
+                    .unwrap_or_else(|| format!("{:08x}", partition.number));
+                let id = if spec.deterministic {
+                    format!(" -i {}", fat_volume_id(&guid))
+                } else {
+                    String::new()
+                };
+                format!("mkfs.vfat -n {label}{id} {device}")
+            }
+            Role::BiosBoot => continue,
+        };
+        let _ = writeln!(script, "{line} >/dev/null");
+    }
+    let _ = writeln!(
+        script,
+        "mkdir -p {TARGET_ROOT}\nmount {} {TARGET_ROOT}",
+        partition_device(if table.kind == TableKind::None {
+            0
+        } else {
+            table.root().number
+        })
+    );
+    script
+}
+
+fn root_mkfs(spec: &ImageSpec, fs: FsType, uuid: &str, options: &[String], device: &str) -> String {
+    let label = quote(spec.effective_label());
+    let options: Vec<String> = options.iter().map(|o| quote(o)).collect();
+    let options = options.join(" ");
+    match fs {
+        FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => {
+            let time = if spec.deterministic {
+                "E2FSPROGS_FAKE_TIME=1 "
+            } else {
+                ""
+            };
+            let seed = if spec.deterministic {
+                format!(" -E hash_seed={uuid}")
+            } else {
+                String::new()
+            };
+            let options = if options.is_empty() {
+                format!("-F -t {}", fs.as_str())
+            } else {
+                options
+            };
+            format!("{time}mke2fs {options} -L {label} -U {uuid}{seed} {device}")
+        }
+        FsType::Btrfs => format!("mkfs.btrfs -f -L {label} -U {uuid} {device}"),
+        FsType::Xfs => format!("mkfs.xfs -f -L {label} -m uuid={uuid} {device}"),
+        FsType::Vfat => format!("mkfs.vfat -n {label} -i {} {device}", fat_volume_id(uuid)),
+        // Validation keeps read-only file systems to store-only images.
+        FsType::Erofs | FsType::Squashfs => format!(
+            "echo 'nixdisk: {} cannot hold a system installation' >&2; exit 1",
+            fs.as_str()
+        ),
+    }
+}
+
+fn copy_script() -> String {
+    format!(
+        "mkdir -p {TARGET_ROOT}/nix/store\n\
+         xargs -r -a {PATHS_FILE} cp -a -t {TARGET_ROOT}/nix/store\n\
+         tar -xpf {STAGING_TAR} -C {TARGET_ROOT} --numeric-owner\n"
+    )
+}
+
+fn mount_boot_script(table: &PartitionTable) -> String {
+    let mut script = String::new();
+    let mut boot: Vec<_> = table
+        .partitions
+        .iter()
+        .filter(|p| p.role != Role::Root && p.fs_type.is_some())
+        .filter_map(|p| p.mount_point.map(|m| (m, p.number)))
+        .collect();
+    // Parents first: /efi and /boot are siblings, but keep the order stable.
+    boot.sort();
+    for (mount_point, number) in boot {
+        let target = format!("{TARGET_ROOT}{mount_point}");
+        let _ = writeln!(
+            script,
+            "mkdir -p {target}\nmount {} {target}",
+            partition_device(number)
+        );
+    }
+    if script.is_empty() {
+        script.push_str(":\n");
+    }
+    script
+}
+
+fn bootloader_script(inputs: &StepInputs) -> String {
+    let mut script = String::new();
+    // A chroot like nixos-enter's: the kernel's file systems and the devices.
+    for (fs, dir) in [("proc", "proc"), ("sysfs", "sys"), ("tmpfs", "run")] {
+        let _ = writeln!(
+            script,
+            "mkdir -p {TARGET_ROOT}/{dir}\nmount -t {fs} {fs} {TARGET_ROOT}/{dir}"
+        );
+    }
+    let _ = writeln!(
+        script,
+        "mkdir -p {TARGET_ROOT}/dev\nmount --rbind /dev {TARGET_ROOT}/dev"
+    );
+    if inputs.efi_vars {
+        let _ = writeln!(
+            script,
+            "mount -t efivarfs efivarfs {TARGET_ROOT}/sys/firmware/efi/efivars"
+        );
+    }
+    for device in &inputs.grub_devices {
+        let device = device.display().to_string();
+        if device != TARGET_DISK {
+            let _ = writeln!(
+                script,
+                "mkdir -p \"$(dirname {q})\"\nln -sfn {TARGET_DISK} {q}",
+                q = quote(&device)
+            );
+        }
+    }
+    let _ = writeln!(
+        script,
+        "NIXOS_INSTALL_BOOTLOADER=1 chroot {TARGET_ROOT} \
+         /nix/var/nix/profiles/system/bin/switch-to-configuration boot"
+    );
+    script
+}
+
+fn chown_script(chowns: &[ChownOp]) -> String {
+    let mut script = String::new();
+    for op in chowns {
+        let target = format!("{TARGET_ROOT}{}", op.target.display());
+        let _ = writeln!(
+            script,
+            "chown -R -h {}:{} {}",
+            op.uid,
+            op.gid,
+            quote(&target)
+        );
+    }
+    script
+}
+
+#[cfg(test)]
+mod tests;

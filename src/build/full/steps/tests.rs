@@ -1,0 +1,133 @@
+use super::*;
+use crate::layout;
+use crate::spec::PartitionTableType;
+
+fn spec(layout: PartitionTableType) -> ImageSpec {
+    ImageSpec {
+        system: Some("/nix/store/x-system".into()),
+        partition_table_type: layout,
+        ..ImageSpec::default()
+    }
+}
+
+fn inputs() -> StepInputs {
+    StepInputs {
+        root_mkfs_options: vec![
+            "-F".into(),
+            "-t".into(),
+            "ext4".into(),
+            "-N".into(),
+            "96".into(),
+        ],
+        grub_devices: vec![],
+        chowns: vec![],
+        efi_vars: false,
+    }
+}
+
+fn steps_for(layout: PartitionTableType, inputs: &StepInputs) -> Vec<Step> {
+    let spec = spec(layout);
+    let table = layout::plan(&spec, 1 << 30).unwrap();
+    plan_steps(&spec, &table, inputs)
+}
+
+#[test]
+fn legacy_makes_root_mounts_it_and_installs_the_bootloader() {
+    let steps = steps_for(PartitionTableType::Legacy, &inputs());
+    let names: Vec<_> = steps.iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        [
+            "make file systems",
+            "copy the closure",
+            "mount boot partitions",
+            "install the bootloader",
+            "unmount and sync"
+        ]
+    );
+    assert_eq!(
+        steps[0].script,
+        "E2FSPROGS_FAKE_TIME=1 mke2fs -F -t ext4 -N 96 -L nixos \
+         -U f222513b-ded1-49fa-b591-20ce86a2fe7f -E hash_seed=f222513b-ded1-49fa-b591-20ce86a2fe7f \
+         /dev/vda1 >/dev/null\nmkdir -p /mnt/root\nmount /dev/vda1 /mnt/root\n"
+    );
+    assert_eq!(steps[2].script, ":\n");
+    assert!(steps[3].script.ends_with(
+        "NIXOS_INSTALL_BOOTLOADER=1 chroot /mnt/root \
+         /nix/var/nix/profiles/system/bin/switch-to-configuration boot\n"
+    ));
+}
+
+#[test]
+fn efi_formats_and_mounts_the_esp_at_boot() {
+    let steps = steps_for(PartitionTableType::Efi, &inputs());
+    assert!(
+        steps[0].script.starts_with("mkfs.vfat -n ESP -i "),
+        "{}",
+        steps[0].script
+    );
+    assert!(steps[0].script.contains(" /dev/vda1 >/dev/null\n"));
+    assert!(steps[0].script.contains("mount /dev/vda2 /mnt/root\n"));
+    assert_eq!(
+        steps[2].script,
+        "mkdir -p /mnt/root/boot\nmount /dev/vda1 /mnt/root/boot\n"
+    );
+}
+
+#[test]
+fn efixbootldr_mounts_esp_at_efi_and_xbootldr_at_boot() {
+    let steps = steps_for(PartitionTableType::EfiXbootldr, &inputs());
+    assert_eq!(
+        steps[2].script,
+        "mkdir -p /mnt/root/boot\nmount /dev/vda2 /mnt/root/boot\n\
+         mkdir -p /mnt/root/efi\nmount /dev/vda1 /mnt/root/efi\n"
+    );
+}
+
+#[test]
+fn none_uses_the_whole_disk() {
+    let steps = steps_for(PartitionTableType::None, &inputs());
+    assert!(steps[0].script.contains(" /dev/vda >/dev/null\n"));
+    assert!(steps[0].script.ends_with("mount /dev/vda /mnt/root\n"));
+}
+
+#[test]
+fn grub_devices_link_to_the_target_and_chowns_follow() {
+    let mut inputs = inputs();
+    inputs.grub_devices = vec!["/dev/vda".into(), "/dev/disk/by-id/x y".into()];
+    inputs.chowns = vec![ChownOp {
+        index: 0,
+        target: "/home/alice".into(),
+        uid: 1000,
+        gid: 100,
+    }];
+    let steps = steps_for(PartitionTableType::Legacy, &inputs);
+    assert!(steps[3].script.contains(
+        "mkdir -p \"$(dirname '/dev/disk/by-id/x y')\"\nln -sfn /dev/vda '/dev/disk/by-id/x y'\n"
+    ));
+    assert!(!steps[3].script.contains("ln -sfn /dev/vda /dev/vda"));
+    assert_eq!(steps[4].name, "set owners of contents");
+    assert_eq!(
+        steps[4].script,
+        "chown -R -h 1000:100 /mnt/root/home/alice\n"
+    );
+}
+
+#[test]
+fn no_bootloader_step_without_install_boot_loader() {
+    let spec = ImageSpec {
+        install_boot_loader: false,
+        ..spec(PartitionTableType::Legacy)
+    };
+    let table = layout::plan(&spec, 1 << 30).unwrap();
+    let steps = plan_steps(&spec, &table, &inputs());
+    assert!(steps.iter().all(|s| s.name != "install the bootloader"));
+}
+
+#[test]
+fn quoting() {
+    assert_eq!(quote("/dev/vda"), "/dev/vda");
+    assert_eq!(quote("a b"), "'a b'");
+    assert_eq!(quote("it's"), r"'it'\''s'");
+    assert_eq!(quote(""), "''");
+}
