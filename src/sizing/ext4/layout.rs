@@ -115,6 +115,19 @@ fn reserved_gdt_blocks(
         .min(block_size / 4)
 }
 
+/// The fewest blocks mke2fs keeps in a partial last group
+/// (`ext2fs_initialize`): its bitmaps and inode table, plus the superblock
+/// copy, descriptors and reserved GDT blocks only if it holds a copy, plus
+/// 50 blocks. A shorter tail is dropped (or, as the only group, refused).
+fn last_group_floor(groups: u64, table_blocks: u64, desc_blocks: u64, reserved_gdt: u64) -> u64 {
+    let backup = if has_superblock(groups - 1) {
+        1 + desc_blocks + reserved_gdt
+    } else {
+        0
+    };
+    2 + table_blocks + backup + 50
+}
+
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -173,11 +186,11 @@ impl Layout {
                 desc_per_block,
                 desc_blocks,
             );
-            let group_overhead = 3 + table_blocks + reserved + desc_blocks;
+            let floor = last_group_floor(groups, table_blocks, desc_blocks, reserved);
             let remainder = (blocks - first_data_block) % per_group;
-            if remainder != 0 && remainder < group_overhead + 50 {
+            if remainder != 0 && remainder < floor {
                 if groups == 1 {
-                    return Ok(Err(blocks + group_overhead + 50 - remainder));
+                    return Ok(Err(blocks + floor - remainder));
                 }
                 // mke2fs drops a last group too small to be worth it.
                 blocks -= remainder;
