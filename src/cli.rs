@@ -63,6 +63,12 @@ pub enum Command {
     Build(BuildArgs),
     /// Print the default spec, or check a spec and print it merged and complete.
     Spec(SpecArgs),
+    /// Boot the builder VM, run a command in it through the agent (in a
+    /// chroot of the host's root, shared read-only), and exit with its status.
+    ///
+    /// Shows what the builder sees: `nixdisk vm -- ls /dev`, `nixdisk vm
+    /// --firmware ovmf -- ls /sys/firmware/efi`.
+    Vm(crate::vm_command::VmArgs),
 }
 
 /// `nixdisk build`.
@@ -194,11 +200,17 @@ impl CliError {
     }
 }
 
-/// Runs the parsed command.
-pub fn run(cli: Cli) -> Result<(), CliError> {
+/// Runs the parsed command; returns the exit code of a successful run (the
+/// command's own status for `nixdisk vm`).
+pub fn run(cli: Cli) -> Result<u8, CliError> {
+    let verbose = cli.verbose > 0;
     match cli.command {
-        Command::Build(args) => build(&args),
-        Command::Spec(args) => spec_command(&args),
+        Command::Build(args) => build(&args).map(|()| 0),
+        Command::Spec(args) => spec_command(&args).map(|()| 0),
+        Command::Vm(args) => crate::vm_command::run(crate::vm_command::VmArgs { verbose, ..args })
+            // Exit statuses are 0-255; a signal death is already 128 + n.
+            .map(|code| u8::try_from(code).unwrap_or(1))
+            .map_err(CliError::build_failure),
     }
 }
 

@@ -9,7 +9,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match nixdisk::cli::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprint!("{}", error.report());
             ExitCode::from(error.exit_code())

@@ -69,8 +69,8 @@ pub struct VmArgs {
     /// Guest RAM in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     pub memory: u64,
-    /// Show the guest console as it boots.
-    #[arg(short, long)]
+    /// Show the guest console as it boots: set from the global `-v`.
+    #[arg(skip)]
     pub verbose: bool,
     /// The command to run in the builder (in a chroot of the host's root).
     #[arg(last = true, required = true, value_name = "CMD")]
