@@ -21,3 +21,4 @@ pub mod sizing;
 pub mod spec;
 pub mod store_image;
 pub mod transport;
+pub mod vm_command;

@@ -1,0 +1,309 @@
+//! Host side of the host-guest channel: vsock (kernel or vhost-device-vsock)
+//! or virtio-serial.
+//!
+//! [`choose`] picks a kind from what the host offers (pure);
+//! [`Transport::prepare`] sets it up in a VM's run directory (starting
+//! `vhost-device-vsock` when needed) and says which QEMU device and which
+//! agent setting go with it; [`Transport::connect`] makes one attempt to
+//! reach the agent and returns a byte stream.
+
+mod vhost_user;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::qemu::{self, Supervised, TransportDevice};
+
+/// The vsock port the agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// The virtio-serial port name the agent opens (`/dev/virtio-ports/<name>`).
+pub const SERIAL_PORT_NAME: &str = "org.nixdisk.agent";
+/// The guest CID given to `vhost-device-vsock` (private to its socket).
+const VHOST_USER_GUEST_CID: u32 = 3;
+
+/// A connected, bidirectional byte stream to the agent.
+pub trait AgentStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> AgentStream for T {}
+
+/// A boxed [`AgentStream`].
+pub type BoxedStream = Box<dyn AgentStream>;
+
+/// The kinds of channel nixdisk can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// vsock through the host kernel (`vhost-vsock-pci`, `/dev/vhost-vsock`).
+    KernelVsock,
+    /// vsock through the userspace `vhost-device-vsock` daemon.
+    VhostUserVsock,
+    /// virtio-serial over a Unix socket QEMU serves; needs no daemon.
+    VirtioSerial,
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportKind::KernelVsock => "vsock",
+            TransportKind::VhostUserVsock => "vhost-user-vsock",
+            TransportKind::VirtioSerial => "serial",
+        })
+    }
+}
+
+/// What the user asked for (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportChoice {
+    /// The best the host offers: kernel vsock, then vhost-device-vsock, then
+    /// virtio-serial.
+    #[default]
+    Auto,
+    /// Exactly this kind.
+    Only(TransportKind),
+}
+
+/// What the host offers, as found by [`HostCapabilities::detect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCapabilities {
+    /// Whether `/dev/vhost-vsock` exists.
+    pub kernel_vsock: bool,
+    /// The `vhost-device-vsock` binary, if found.
+    pub vhost_device_vsock: Option<PathBuf>,
+}
+
+impl HostCapabilities {
+    /// Looks at `/dev/vhost-vsock`, then `$NIXDISK_VHOST_DEVICE_VSOCK`,
+    /// `$PATH` and `~/.cargo/bin` for `vhost-device-vsock`.
+    pub fn detect() -> HostCapabilities {
+        let from_env = std::env::var_os("NIXDISK_VHOST_DEVICE_VSOCK").map(PathBuf::from);
+        let on_path = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("vhost-device-vsock"))
+                .find(|p| is_executable(p))
+        });
+        let in_cargo = std::env::var_os("HOME")
+            .map(|home| Path::new(&home).join(".cargo/bin/vhost-device-vsock"))
+            .filter(|p| is_executable(p));
+        HostCapabilities {
+            kernel_vsock: Path::new("/dev/vhost-vsock").exists(),
+            vhost_device_vsock: from_env.or(on_path).or(in_cargo),
+        }
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Picks the transport for `choice` on a host with `caps`.
+pub fn choose(choice: TransportChoice, caps: &HostCapabilities) -> Result<TransportKind, Error> {
+    match choice {
+        TransportChoice::Auto if caps.kernel_vsock => Ok(TransportKind::KernelVsock),
+        TransportChoice::Auto if caps.vhost_device_vsock.is_some() => {
+            Ok(TransportKind::VhostUserVsock)
+        }
+        TransportChoice::Auto => Ok(TransportKind::VirtioSerial),
+        TransportChoice::Only(TransportKind::KernelVsock) if !caps.kernel_vsock => {
+            Err(Error::Unavailable {
+                kind: TransportKind::KernelVsock,
+                reason: "/dev/vhost-vsock does not exist",
+                hint: "load the vhost_vsock module, or use --transport vhost-user-vsock or serial",
+            })
+        }
+        TransportChoice::Only(TransportKind::VhostUserVsock)
+            if caps.vhost_device_vsock.is_none() =>
+        {
+            Err(Error::Unavailable {
+                kind: TransportKind::VhostUserVsock,
+                reason: "vhost-device-vsock was not found on PATH, in ~/.cargo/bin or in $NIXDISK_VHOST_DEVICE_VSOCK",
+                hint: "`cargo install vhost-device-vsock`, or use --transport serial",
+            })
+        }
+        TransportChoice::Only(kind) => Ok(kind),
+    }
+}
+
+/// What went wrong with the host-guest channel.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The requested transport cannot work on this host.
+    #[error("transport {kind} is not available: {reason}; {hint}")]
+    Unavailable {
+        /// The transport.
+        kind: TransportKind,
+        /// Why not.
+        reason: &'static str,
+        /// What to try.
+        hint: &'static str,
+    },
+    /// Starting or supervising the vsock daemon failed.
+    #[error("vhost-device-vsock: {0}")]
+    Daemon(#[from] qemu::Error),
+    /// The agent is not reachable (yet); callers retry until a deadline.
+    #[error("cannot reach the agent over {kind} at {address}: {reason}")]
+    NotReachable {
+        /// The transport.
+        kind: TransportKind,
+        /// The socket or vsock address.
+        address: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// A transport set up for one VM.
+#[derive(Debug)]
+pub enum Transport {
+    /// Kernel vsock to `cid`.
+    KernelVsock {
+        /// The guest's CID.
+        cid: u32,
+    },
+    /// vsock through a supervised `vhost-device-vsock`.
+    VhostUserVsock {
+        /// The daemon, killed on drop, until [`Transport::take_daemon`].
+        daemon: Option<Supervised>,
+        /// Its vhost-user socket, for QEMU.
+        vhost_socket: PathBuf,
+        /// Its host-side socket, for us.
+        uds_path: PathBuf,
+    },
+    /// virtio-serial on QEMU's socket.
+    VirtioSerial {
+        /// The socket QEMU serves.
+        socket: PathBuf,
+    },
+}
+
+impl Transport {
+    /// Sets up `kind` in the directory `run_dir`; for vhost-user vsock this starts the
+    /// daemon and waits for its socket, so QEMU can connect at once.
+    pub async fn prepare(
+        kind: TransportKind,
+        caps: &HostCapabilities,
+        run_dir: &Path,
+    ) -> Result<Transport, Error> {
+        match kind {
+            TransportKind::KernelVsock => Ok(Transport::KernelVsock { cid: pick_cid() }),
+            TransportKind::VirtioSerial => Ok(Transport::VirtioSerial {
+                socket: run_dir.join("agent.sock"),
+            }),
+            TransportKind::VhostUserVsock => {
+                let binary = caps.vhost_device_vsock.clone().ok_or(Error::Unavailable {
+                    kind,
+                    reason: "vhost-device-vsock was not found",
+                    hint: "`cargo install vhost-device-vsock`, or use --transport serial",
+                })?;
+                let vhost_socket = run_dir.join("vhost.sock");
+                let uds_path = run_dir.join("vsock.sock");
+                let args = vhost_user::daemon_args(VHOST_USER_GUEST_CID, &vhost_socket, &uds_path);
+                let mut daemon =
+                    Supervised::spawn(&binary, &args, &run_dir.join("vhost-device-vsock.log"))?;
+                daemon
+                    .wait_for_path(&vhost_socket, Duration::from_secs(10))
+                    .await?;
+                Ok(Transport::VhostUserVsock {
+                    daemon: Some(daemon),
+                    vhost_socket,
+                    uds_path,
+                })
+            }
+        }
+    }
+
+    /// Which kind this is.
+    pub fn kind(&self) -> TransportKind {
+        match self {
+            Transport::KernelVsock { .. } => TransportKind::KernelVsock,
+            Transport::VhostUserVsock { .. } => TransportKind::VhostUserVsock,
+            Transport::VirtioSerial { .. } => TransportKind::VirtioSerial,
+        }
+    }
+
+    /// The QEMU device for this transport.
+    pub fn device(&self) -> TransportDevice {
+        match self {
+            Transport::KernelVsock { cid } => TransportDevice::KernelVsock { guest_cid: *cid },
+            Transport::VhostUserVsock { vhost_socket, .. } => TransportDevice::VhostUserVsock {
+                socket: vhost_socket.clone(),
+            },
+            Transport::VirtioSerial { socket } => TransportDevice::VirtioSerial {
+                socket: socket.clone(),
+                name: SERIAL_PORT_NAME.into(),
+            },
+        }
+    }
+
+    /// The agent's `nixdisk.transport=` value for the kernel command line.
+    pub fn agent_setting(&self) -> String {
+        agent_setting(self.kind())
+    }
+
+    /// Picks a new CID for kernel vsock (after QEMU reported it in use).
+    pub fn repick_cid(&mut self) {
+        if let Transport::KernelVsock { cid } = self {
+            *cid = pick_cid();
+        }
+    }
+
+    /// Hands over the supervised daemon, if this transport has one, so
+    /// that whoever watches the VM also watches it.
+    pub fn take_daemon(&mut self) -> Option<Supervised> {
+        match self {
+            Transport::VhostUserVsock { daemon, .. } => daemon.take(),
+            _ => None,
+        }
+    }
+
+    /// One attempt to reach the agent.
+    pub async fn connect(&self) -> Result<BoxedStream, Error> {
+        match self {
+            Transport::KernelVsock { cid } => {
+                let addr = tokio_vsock::VsockAddr::new(*cid, AGENT_VSOCK_PORT);
+                tokio_vsock::VsockStream::connect(addr)
+                    .await
+                    .map(|s| Box::new(s) as BoxedStream)
+                    .map_err(|e| Error::NotReachable {
+                        kind: TransportKind::KernelVsock,
+                        address: format!("vsock {cid}:{AGENT_VSOCK_PORT}"),
+                        reason: e.to_string(),
+                    })
+            }
+            Transport::VhostUserVsock { uds_path, .. } => {
+                vhost_user::connect(uds_path, AGENT_VSOCK_PORT).await
+            }
+            Transport::VirtioSerial { socket } => tokio::net::UnixStream::connect(socket)
+                .await
+                .map(|s| Box::new(s) as BoxedStream)
+                .map_err(|e| Error::NotReachable {
+                    kind: TransportKind::VirtioSerial,
+                    address: socket.display().to_string(),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+}
+
+/// The agent's `nixdisk.transport=` value for `kind`.
+pub fn agent_setting(kind: TransportKind) -> String {
+    match kind {
+        TransportKind::KernelVsock | TransportKind::VhostUserVsock => {
+            format!("vsock:{AGENT_VSOCK_PORT}")
+        }
+        TransportKind::VirtioSerial => format!("serial:{SERIAL_PORT_NAME}"),
+    }
+}
+
+/// A CID unlikely to be in use: above the reserved ones, varied by pid and time.
+fn pick_cid() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mixed = (std::process::id().wrapping_mul(2_654_435_761)) ^ nanos;
+    3 + mixed % 0x7fff_0000
+}
+
+#[cfg(test)]
+mod tests;
