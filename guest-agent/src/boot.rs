@@ -50,6 +50,7 @@ pub fn main() -> ! {
     let args = match args_result {
         Ok(args) => args,
         Err(message) => {
+            tracing::error!("{message}");
             startup.fatal = Some((message, vec!["read the kernel command line".to_owned()]));
             BootArgs::default()
         }
@@ -147,7 +148,8 @@ fn mount_kernel_file_systems() -> Vec<SystemError> {
 }
 
 /// Loads the listed modules in order. A failing module is a warning, unless
-/// the transport needs it: then the message and context of the fatal error.
+/// the transport needs it: then the message and context of the fatal error
+/// (after trying the rest, so the console shows every failure).
 fn load_modules(args: &BootArgs, warnings: &mut Vec<String>) -> Result<(), (String, Vec<String>)> {
     let list = match std::fs::read_to_string(MODULE_LIST) {
         Ok(list) => list,
@@ -156,6 +158,7 @@ fn load_modules(args: &BootArgs, warnings: &mut Vec<String>) -> Result<(), (Stri
             return Ok(());
         }
     };
+    let mut fatal = None;
     for path in modules::parse_module_list(&list) {
         let started = Instant::now();
         match system::load_module(&path) {
@@ -163,7 +166,8 @@ fn load_modules(args: &BootArgs, warnings: &mut Vec<String>) -> Result<(), (Stri
                 tracing::debug!(module = %path.display(), elapsed = ?started.elapsed(), "loaded")
             }
             Err(error) if modules::is_vital(&path, args.transport.as_ref()) => {
-                return Err((
+                tracing::error!(%error, "a module the transport needs did not load");
+                fatal.get_or_insert((
                     error.to_string(),
                     vec!["load the transport's kernel modules".into()],
                 ));
@@ -171,7 +175,7 @@ fn load_modules(args: &BootArgs, warnings: &mut Vec<String>) -> Result<(), (Stri
             Err(error) => warnings.push(error.to_string()),
         }
     }
-    Ok(())
+    fatal.map_or(Ok(()), Err)
 }
 
 /// Mounts the host's root read-only at [`SHARE_MOUNT_POINT`], retrying while the device appears.

@@ -29,7 +29,7 @@ use rustix::process::{WaitId, WaitIdOptions, WaitOptions};
 pub struct SystemError {
     /// The operation and its arguments, e.g. `mount proc on /proc`.
     pub what: String,
-    /// The kernel's answer.
+    /// The kernel's answer, or what it means for this call.
     #[source]
     pub errno: std::io::Error,
 }
@@ -83,6 +83,14 @@ pub fn load_module(path: &Path) -> Result<(), SystemError> {
     let file = File::open(path).map_err(io_failed(format!("open module {}", path.display())))?;
     match rustix::system::finit_module(file.as_fd(), c"", 0) {
         Ok(()) | Err(Errno::EXIST) => Ok(()),
+        // ENOENT from finit_module means unresolved symbols, not a missing file.
+        Err(Errno::NOENT) => Err(SystemError {
+            what: format!("load module {}", path.display()),
+            errno: std::io::Error::other(
+                "unknown symbols: a module it depends on is not loaded before it (the kernel log \
+                 on the console names the symbols)",
+            ),
+        }),
         Err(errno) => Err(failed(format!("load module {}", path.display()))(errno)),
     }
 }

@@ -38,7 +38,15 @@ pub async fn prepare(
         let image = if efi {
             found.image.clone()
         } else {
-            pvh_vmlinux(&found.image, &found.release, &cache)?.unwrap_or(found.image.clone())
+            // The PVH vmlinux only makes the boot faster: if extracting it
+            // fails, the bzImage still boots.
+            match pvh_vmlinux(&found.image, &found.release, &cache) {
+                Ok(vmlinux) => vmlinux.unwrap_or(found.image.clone()),
+                Err(e) => {
+                    tracing::warn!("booting the compressed kernel: no PVH vmlinux ({e})");
+                    found.image.clone()
+                }
+            }
         };
         let modules = found.builder_modules()?;
         let initrd = build_cached(

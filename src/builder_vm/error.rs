@@ -97,6 +97,21 @@ pub enum Error {
         /// The end of the guest console.
         console_tail: String,
     },
+    /// The agent reported a failure of its own (startup or connection) and
+    /// powers off.
+    #[error("the guest agent failed: {message}{}", console(.console_tail))]
+    AgentFailed {
+        /// What it said.
+        message: String,
+        /// The end of the guest console.
+        console_tail: String,
+    },
+    /// The guest agent (PID 1) died; the kernel then stops the VM.
+    #[error("the guest agent (PID 1) crashed{}", console(.console_tail))]
+    AgentCrashed {
+        /// The end of the guest console.
+        console_tail: String,
+    },
     /// The agent answered something we do not understand.
     #[error("protocol error talking to the guest agent: {0}")]
     Protocol(String),

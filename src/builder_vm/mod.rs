@@ -13,7 +13,7 @@ mod error;
 mod plan;
 mod watch;
 
-pub use client::{AgentClient, OutputStream};
+pub use client::{AgentClient, OutputStream, Transfer};
 pub use error::Error;
 pub use plan::{AccelChoice, accel_attempts, agent_candidates, kernel_cmdline};
 pub use watch::VmEnd;

@@ -13,6 +13,8 @@ use crate::qemu::{ConsoleLog, Supervised, VmEvent};
 /// How a VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmEnd {
+    /// PID 1 (the agent) died, and the kernel panicked over it.
+    AgentCrashed,
     /// The guest kernel panicked.
     Panicked,
     /// QEMU exited.
@@ -94,7 +96,10 @@ impl VmWatch {
             qemu.try_exit().map(|status| qemu.exited_error(status).to_string())
         }
         .map(|detail| {
-            if *lock(&self.panicked) || self.console.contains("Kernel panic") {
+            let console = self.console.contents();
+            if console.contains("Attempted to kill init") {
+                VmEnd::AgentCrashed
+            } else if *lock(&self.panicked) || console.contains("Kernel panic") {
                 VmEnd::Panicked
             } else {
                 VmEnd::QemuExited { detail }
@@ -135,6 +140,7 @@ impl VmWatch {
     pub fn error(&self, end: VmEnd) -> Error {
         let console_tail = self.console_tail();
         match end {
+            VmEnd::AgentCrashed => Error::AgentCrashed { console_tail },
             VmEnd::Panicked => Error::GuestPanicked { console_tail },
             VmEnd::QemuExited { detail } => Error::VmStopped {
                 what: detail,

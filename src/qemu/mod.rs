@@ -40,9 +40,9 @@ pub enum Error {
         /// What to try, when known.
         hint: &'static str,
     },
-    /// A program exited before it was ready.
-    #[error("{program} exited ({status}) before it was ready{}", stderr_suffix(.stderr))]
-    ExitedEarly {
+    /// A program exited.
+    #[error("{program} exited ({status}){}", stderr_suffix(.stderr))]
+    Exited {
         /// The program.
         program: PathBuf,
         /// How it ended.

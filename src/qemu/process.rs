@@ -78,7 +78,7 @@ impl Supervised {
                 },
                 source,
             })?;
-        let pid = child.id().ok_or_else(|| Error::ExitedEarly {
+        let pid = child.id().ok_or_else(|| Error::Exited {
             program: program.to_owned(),
             status: "unknown status".into(),
             stderr: String::new(),
@@ -119,9 +119,9 @@ impl Supervised {
         self.child.wait().await
     }
 
-    /// An [`Error::ExitedEarly`] describing how the process ended.
+    /// An [`Error::Exited`] describing how the process ended.
     pub fn exited_error(&self, status: std::process::ExitStatus) -> Error {
-        Error::ExitedEarly {
+        Error::Exited {
             program: self.program.clone(),
             status: status.to_string(),
             stderr: self.stderr_tail(20),

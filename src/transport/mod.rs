@@ -17,9 +17,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::qemu::{self, Supervised, TransportDevice};
 
 /// The vsock port the agent listens on.
-pub const AGENT_VSOCK_PORT: u32 = 1024;
+pub const AGENT_VSOCK_PORT: u32 = nixdisk_agent::boot_args::DEFAULT_VSOCK_PORT;
 /// The virtio-serial port name the agent opens (`/dev/virtio-ports/<name>`).
-pub const SERIAL_PORT_NAME: &str = "org.nixdisk.agent";
+pub const SERIAL_PORT_NAME: &str = nixdisk_agent::boot_args::DEFAULT_SERIAL_PORT;
 /// The guest CID given to `vhost-device-vsock` (private to its socket).
 const VHOST_USER_GUEST_CID: u32 = 3;
 
@@ -163,7 +163,7 @@ pub enum Transport {
     /// vsock through a supervised `vhost-device-vsock`.
     VhostUserVsock {
         /// The daemon, killed on drop, until [`Transport::take_daemon`].
-        daemon: Option<Supervised>,
+        daemon: Option<Box<Supervised>>,
         /// Its vhost-user socket, for QEMU.
         vhost_socket: PathBuf,
         /// Its host-side socket, for us.
@@ -204,7 +204,7 @@ impl Transport {
                     .wait_for_path(&vhost_socket, Duration::from_secs(10))
                     .await?;
                 Ok(Transport::VhostUserVsock {
-                    daemon: Some(daemon),
+                    daemon: Some(Box::new(daemon)),
                     vhost_socket,
                     uds_path,
                 })
@@ -251,7 +251,7 @@ impl Transport {
     /// that whoever watches the VM also watches it.
     pub fn take_daemon(&mut self) -> Option<Supervised> {
         match self {
-            Transport::VhostUserVsock { daemon, .. } => daemon.take(),
+            Transport::VhostUserVsock { daemon, .. } => daemon.take().map(|d| *d),
             _ => None,
         }
     }
@@ -287,12 +287,16 @@ impl Transport {
 
 /// The agent's `nixdisk.transport=` value for `kind`.
 pub fn agent_setting(kind: TransportKind) -> String {
+    use nixdisk_agent::protocol::Transport as Agent;
     match kind {
-        TransportKind::KernelVsock | TransportKind::VhostUserVsock => {
-            format!("vsock:{AGENT_VSOCK_PORT}")
-        }
-        TransportKind::VirtioSerial => format!("serial:{SERIAL_PORT_NAME}"),
+        TransportKind::KernelVsock | TransportKind::VhostUserVsock => Agent::Vsock {
+            port: AGENT_VSOCK_PORT,
+        },
+        TransportKind::VirtioSerial => Agent::Serial {
+            name: SERIAL_PORT_NAME.to_owned(),
+        },
     }
+    .to_string()
 }
 
 /// A CID unlikely to be in use: above the reserved ones, varied by pid and time.

@@ -47,8 +47,8 @@ fn an_explicit_choice_wins_or_says_why_not() {
 
 #[test]
 fn agent_settings_match_the_kernel_command_line_syntax() {
-    assert_eq!(agent_setting(TransportKind::KernelVsock), "vsock:1024");
-    assert_eq!(agent_setting(TransportKind::VhostUserVsock), "vsock:1024");
+    assert_eq!(agent_setting(TransportKind::KernelVsock), "vsock:7000");
+    assert_eq!(agent_setting(TransportKind::VhostUserVsock), "vsock:7000");
     assert_eq!(
         agent_setting(TransportKind::VirtioSerial),
         "serial:org.nixdisk.agent"

@@ -109,6 +109,7 @@ impl VmScope {
 }
 
 /// A started VM; dropping it kills QEMU and the daemon and removes the run dir.
+#[derive(Debug)]
 pub struct TestVm {
     /// The VM (taken by tests that shut it down themselves).
     pub vm: Option<BuilderVm>,
