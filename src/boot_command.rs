@@ -135,8 +135,22 @@ mod tests {
     #[test]
     fn flags_map_onto_the_plan() {
         let args = Wrapper::try_parse_from([
-            "boot", "disk.vhdx", "--expect", "MARKER-[0-9]", "--firmware", "ovmf", "--efi-vars",
-            "vars.fd", "--timeout", "30", "--accel", "tcg", "--mem", "512", "--entry", "2",
+            "boot",
+            "disk.vhdx",
+            "--expect",
+            "MARKER-[0-9]",
+            "--firmware",
+            "ovmf",
+            "--efi-vars",
+            "vars.fd",
+            "--timeout",
+            "30",
+            "--accel",
+            "tcg",
+            "--mem",
+            "512",
+            "--entry",
+            "2",
         ])
         .expect("valid flags")
         .boot;
@@ -165,6 +179,8 @@ mod tests {
         // A bad regex, a missing --expect, entry 0: usage errors.
         assert!(Wrapper::try_parse_from(["boot", "a.img", "--expect", "("]).is_err());
         assert!(Wrapper::try_parse_from(["boot", "a.img"]).is_err());
-        assert!(Wrapper::try_parse_from(["boot", "a.img", "--expect", "x", "--entry", "0"]).is_err());
+        assert!(
+            Wrapper::try_parse_from(["boot", "a.img", "--expect", "x", "--entry", "0"]).is_err()
+        );
     }
 }

@@ -9,7 +9,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use nixdisk::boot_test::{AccelChoice, BootError, BootPlan, FirmwareChoice, boot_until};
+use nixdisk::boot_test::{
+    AccelChoice, BootError, BootPlan, FirmwareChoice, ImageFormat, boot_until, inspect,
+};
 use nixdisk::initramfs::Initramfs;
 use nixdisk::layout::Role;
 use nixdisk_firmware::FirmwareKind;
@@ -58,14 +60,19 @@ fn require_tools() -> bool {
         eprintln!("skipping: missing {missing:?} or /boot/vmlinuz-*");
         return false;
     }
-    panic!("boot tests need {missing:?} and a /boot/vmlinuz-*; set NIXDISK_SKIP_VM_TESTS=1 to skip");
+    panic!(
+        "boot tests need {missing:?} and a /boot/vmlinuz-*; set NIXDISK_SKIP_VM_TESTS=1 to skip"
+    );
 }
 
 fn kernel() -> Option<PathBuf> {
     let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .collect();
     kernels.sort();
     kernels.pop()
@@ -137,7 +144,14 @@ fn efi_image(dir: &Path) -> PathBuf {
     let at = format!("{img}@@{}", esp.start);
     run(
         "mmd",
-        &["-i", &at, "::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries"],
+        &[
+            "-i",
+            &at,
+            "::/EFI",
+            "::/EFI/BOOT",
+            "::/loader",
+            "::/loader/entries",
+        ],
     );
     let kernel = kernel().expect("checked by require_tools");
     let mut files: Vec<(PathBuf, String)> = vec![
@@ -229,27 +243,66 @@ fn setup() -> Option<Setup> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn raw_and_qcow2_images_boot_on_ovmf_to_the_marker_and_stay_unchanged() {
-    let Some(s) = setup() else { return };
-    let qcow2 = s.dir.path().join("disk.qcow2");
+/// The image converted to `format` beside it.
+fn converted(s: &Setup, format: &str) -> PathBuf {
+    let out = s.dir.path().join(format!("disk.{format}"));
     run(
         "qemu-img",
         &[
             "convert",
             "-O",
-            "qcow2",
+            format,
             s.image.to_str().expect("utf-8"),
-            qcow2.to_str().expect("utf-8"),
+            out.to_str().expect("utf-8"),
         ],
     );
-    for image in [&s.image, &qcow2] {
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_format_is_recognised_with_its_esp() {
+    let Some(s) = setup() else { return };
+    for format in ImageFormat::ALL {
+        let image = match format {
+            ImageFormat::Raw => s.image.clone(),
+            other => converted(&s, other.as_str()),
+        };
+        let (found, partitions) = inspect(Path::new("qemu-img"), &image, &s.runs)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", format.as_str()));
+        assert_eq!(found, format);
+        assert!(
+            partitions.esp && partitions.wants_uefi(),
+            "{}",
+            format.as_str()
+        );
+        assert!(!partitions.bios_boot);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_qcow2_and_vpc_images_boot_on_ovmf_to_the_marker_and_stay_unchanged() {
+    let Some(s) = setup() else { return };
+    for image in [
+        s.image.clone(),
+        converted(&s, "qcow2"),
+        converted(&s, "vpc"),
+    ] {
+        let image = &image;
         let before = sha256(image);
         let outcome = boot_until(&plan(image, r"BOOT-TEST generation=\d", &s.runs))
             .await
             .unwrap_or_else(|e| panic!("{} did not boot: {e}", image.display()));
-        assert_eq!(outcome.firmware, FirmwareKind::Uefi, "auto picks OVMF for an ESP");
-        assert!(outcome.line.contains(&marker(2)), "default entry: {}", outcome.line);
+        assert_eq!(
+            outcome.firmware,
+            FirmwareKind::Uefi,
+            "auto picks OVMF for an ESP"
+        );
+        assert!(
+            outcome.line.contains(&marker(2)),
+            "default entry: {}",
+            outcome.line
+        );
         assert_eq!(sha256(image), before, "{} changed", image.display());
         assert_cleaned(&s.runs);
         eprintln!(
@@ -279,7 +332,10 @@ async fn entry_one_boots_the_older_generation_without_touching_the_image() {
         matches!(error, BootError::Entry { entry: 3, .. }),
         "{error}"
     );
-    assert!(error.to_string().contains("test-1.conf, test-2.conf"), "{error}");
+    assert!(
+        error.to_string().contains("test-1.conf, test-2.conf"),
+        "{error}"
+    );
     assert_cleaned(&s.runs);
 }
 
@@ -301,13 +357,21 @@ async fn a_wrong_regex_fails_with_the_console_tail() {
     let mut stays_up = plan(&s.image, "never-printed", &s.runs);
     stays_up.entry = Some(1);
     stays_up.timeout = Duration::from_secs(20);
-    let error = boot_until(&stays_up).await.expect_err("the regex cannot match");
-    let BootError::Timeout { ref tail, seconds, .. } = error else {
+    let error = boot_until(&stays_up)
+        .await
+        .expect_err("the regex cannot match");
+    let BootError::Timeout {
+        ref tail, seconds, ..
+    } = error
+    else {
         panic!("expected a timeout, got: {error}");
     };
     assert_eq!(seconds, 20);
     assert!(!tail.trim().is_empty(), "the console tail is empty");
-    assert!(error.to_string().contains("hint: raise --timeout"), "{error}");
+    assert!(
+        error.to_string().contains("hint: raise --timeout"),
+        "{error}"
+    );
     assert_cleaned(&s.runs);
 }
 
@@ -317,7 +381,13 @@ async fn images_nixdisk_does_not_write_are_refused() {
     let qed = s.dir.path().join("disk.qed");
     run(
         "qemu-img",
-        &["convert", "-O", "qed", s.image.to_str().expect("utf-8"), qed.to_str().expect("utf-8")],
+        &[
+            "convert",
+            "-O",
+            "qed",
+            s.image.to_str().expect("utf-8"),
+            qed.to_str().expect("utf-8"),
+        ],
     );
     let error = boot_until(&plan(&qed, "x", &s.runs))
         .await

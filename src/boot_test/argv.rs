@@ -42,12 +42,12 @@ impl DiskBootConfig {
         pair("-display", "none".into());
         // A reboot or a panic ends the test: exit on reboot, and pause on a
         // panic so the QMP event is read before QEMU goes away.
-        pair("-action", "reboot=shutdown,shutdown=poweroff,panic=pause".into());
-        let smm = matches!(self.firmware, Firmware::Ovmf { smm: true, .. });
         pair(
-            "-machine",
-            if smm { "q35,smm=on" } else { "q35" }.into(),
+            "-action",
+            "reboot=shutdown,shutdown=poweroff,panic=pause".into(),
         );
+        let smm = matches!(self.firmware, Firmware::Ovmf { smm: true, .. });
+        pair("-machine", if smm { "q35,smm=on" } else { "q35" }.into());
         match self.accel {
             Accel::Kvm => {
                 pair("-accel", "kvm".into());
@@ -88,10 +88,7 @@ impl DiskBootConfig {
         // cache=unsafe: the overlay is thrown away after the boot.
         pair(
             "-drive",
-            drive_option(
-                "if=none,id=disk0,format=qcow2,cache=unsafe",
-                &self.overlay,
-            ),
+            drive_option("if=none,id=disk0,format=qcow2,cache=unsafe", &self.overlay),
         );
         pair("-device", "virtio-blk-pci,drive=disk0,bootindex=0".into());
         let mut console = OsString::from("file,id=console,path=");
@@ -193,7 +190,9 @@ mod tests {
         };
         let args = strings(config.args());
         let joined = args.join(" ");
-        assert!(joined.contains("-machine q35 -accel kvm -cpu host -smp 2 -m 1024M -bios /fw/bios.bin -drive if=none"));
+        assert!(joined.contains(
+            "-machine q35 -accel kvm -cpu host -smp 2 -m 1024M -bios /fw/bios.bin -drive if=none"
+        ));
         assert!(!joined.contains("pflash"));
 
         config.firmware = Firmware::SeaBios { bios: None };

@@ -20,9 +20,9 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::BootError;
 use super::probe::{self, GptEntry};
 use super::run::tool;
-use super::BootError;
 use crate::layout::ESP_TYPE;
 use crate::qemu::RunDir;
 
@@ -139,7 +139,14 @@ pub(super) async fn select_on_overlay(
     run: &RunDir,
 ) -> Result<(), BootError> {
     let entry_error = |reason: String| BootError::Entry { entry: n, reason };
-    let head = dd(qemu_img, overlay, 0, probe::HEAD_BYTES as u64, &run.join("entry-head.raw")).await?;
+    let head = dd(
+        qemu_img,
+        overlay,
+        0,
+        probe::HEAD_BYTES as u64,
+        &run.join("entry-head.raw"),
+    )
+    .await?;
     let esp = esp_of(&head).ok_or_else(|| {
         entry_error("the image has no EFI system partition (only systemd-boot entries can be chosen so far)".into())
     })?;
@@ -151,9 +158,21 @@ pub(super) async fn select_on_overlay(
         source,
     })?;
 
-    let listing = mtool("mdir", &["-b".as_ref(), "-i".as_ref(), esp_path.as_os_str(), "::/loader/entries".as_ref()])
-        .await
-        .map_err(|e| entry_error(format!("the ESP has no loader/entries directory (is it systemd-boot?): {e}")))?;
+    let listing = mtool(
+        "mdir",
+        &[
+            "-b".as_ref(),
+            "-i".as_ref(),
+            esp_path.as_os_str(),
+            "::/loader/entries".as_ref(),
+        ],
+    )
+    .await
+    .map_err(|e| {
+        entry_error(format!(
+            "the ESP has no loader/entries directory (is it systemd-boot?): {e}"
+        ))
+    })?;
     let names: Vec<String> = listing
         .lines()
         .filter_map(|l| l.trim().rsplit('/').next())
@@ -167,9 +186,16 @@ pub(super) async fn select_on_overlay(
         ))
     })?;
     tracing::info!(entry = %chosen, "selecting the boot entry");
-    let conf = mtool("mtype", &["-i".as_ref(), esp_path.as_os_str(), "::/loader/loader.conf".as_ref()])
-        .await
-        .unwrap_or_default();
+    let conf = mtool(
+        "mtype",
+        &[
+            "-i".as_ref(),
+            esp_path.as_os_str(),
+            "::/loader/loader.conf".as_ref(),
+        ],
+    )
+    .await
+    .unwrap_or_default();
     let new_conf = run.join("loader.conf");
     std::fs::write(&new_conf, with_default(&conf, &chosen)).map_err(|source| BootError::Image {
         path: new_conf.clone(),
@@ -177,7 +203,13 @@ pub(super) async fn select_on_overlay(
     })?;
     mtool(
         "mcopy",
-        &["-o".as_ref(), "-i".as_ref(), esp_path.as_os_str(), new_conf.as_os_str(), "::/loader/loader.conf".as_ref()],
+        &[
+            "-o".as_ref(),
+            "-i".as_ref(),
+            esp_path.as_os_str(),
+            new_conf.as_os_str(),
+            "::/loader/loader.conf".as_ref(),
+        ],
     )
     .await?;
     write_back(qemu_img, overlay, &original, &esp_path, esp.start, run).await
@@ -218,7 +250,15 @@ async fn write_back(
             source,
         })?;
         args.push("-c".into());
-        args.push(format!("write -q -s {} {} {}", piece.display(), base + offset, length).into());
+        args.push(
+            format!(
+                "write -q -s {} {} {}",
+                piece.display(),
+                base + offset,
+                length
+            )
+            .into(),
+        );
     }
     args.push(overlay.into());
     let qemu_io = sibling(qemu_img, "qemu-io");
@@ -227,7 +267,13 @@ async fn write_back(
 }
 
 /// `length` bytes at `offset` of the qcow2 `image`, copied to `out`.
-async fn dd(qemu_img: &Path, image: &Path, offset: u64, length: u64, out: &Path) -> Result<Vec<u8>, BootError> {
+async fn dd(
+    qemu_img: &Path,
+    image: &Path,
+    offset: u64,
+    length: u64,
+    out: &Path,
+) -> Result<Vec<u8>, BootError> {
     // qemu-img dd counts in blocks: the largest power of two (up to 1 MiB)
     // dividing both offset and length.
     let block = (0..=20)
@@ -252,7 +298,10 @@ async fn dd(qemu_img: &Path, image: &Path, offset: u64, length: u64, out: &Path)
         arg("if=", image.as_os_str()),
         arg("of=", out.as_os_str()),
     ];
-    let refs: Vec<&OsStr> = args.iter().map(|a: &std::ffi::OsString| a.as_os_str()).collect();
+    let refs: Vec<&OsStr> = args
+        .iter()
+        .map(|a: &std::ffi::OsString| a.as_os_str())
+        .collect();
     let _ = std::fs::remove_file(out);
     tool(qemu_img, &refs).await?;
     if length > probe::HEAD_BYTES as u64 {
@@ -291,11 +340,24 @@ mod tests {
 
     #[test]
     fn generations_by_number_else_version_order() {
-        let nixos = names(&["nixos-generation-10.conf", "nixos-generation-2.conf", "nixos-generation-3.conf"]);
-        assert_eq!(pick_entry(&nixos, 2).as_deref(), Some("nixos-generation-2.conf"));
-        assert_eq!(pick_entry(&nixos, 10).as_deref(), Some("nixos-generation-10.conf"));
+        let nixos = names(&[
+            "nixos-generation-10.conf",
+            "nixos-generation-2.conf",
+            "nixos-generation-3.conf",
+        ]);
+        assert_eq!(
+            pick_entry(&nixos, 2).as_deref(),
+            Some("nixos-generation-2.conf")
+        );
+        assert_eq!(
+            pick_entry(&nixos, 10).as_deref(),
+            Some("nixos-generation-10.conf")
+        );
         // Generation 1 was removed: entry 1 is the oldest left.
-        assert_eq!(pick_entry(&nixos, 1).as_deref(), Some("nixos-generation-2.conf"));
+        assert_eq!(
+            pick_entry(&nixos, 1).as_deref(),
+            Some("nixos-generation-2.conf")
+        );
         let plain = names(&["b-10.conf", "b-9.conf", "a.conf", "notes.txt"]);
         assert_eq!(pick_entry(&plain, 1).as_deref(), Some("a.conf"));
         assert_eq!(pick_entry(&plain, 2).as_deref(), Some("b-9.conf"));
@@ -315,12 +377,18 @@ mod tests {
     #[test]
     fn default_is_replaced_or_added() {
         assert_eq!(
-            with_default("timeout 3\ndefault nixos-generation-2.conf\nconsole-mode keep\n", "nixos-generation-1.conf"),
+            with_default(
+                "timeout 3\ndefault nixos-generation-2.conf\nconsole-mode keep\n",
+                "nixos-generation-1.conf"
+            ),
             "timeout 3\nconsole-mode keep\ndefault nixos-generation-1.conf\n"
         );
         assert_eq!(with_default("", "a.conf"), "default a.conf\n");
         // `default-foo` is another key, kept.
-        assert_eq!(with_default("defaultx 1", "a.conf"), "defaultx 1\ndefault a.conf\n");
+        assert_eq!(
+            with_default("defaultx 1", "a.conf"),
+            "defaultx 1\ndefault a.conf\n"
+        );
     }
 
     #[test]
@@ -335,6 +403,9 @@ mod tests {
         assert_eq!(changed_ranges(&a[..], &a[..], 4).expect("in memory"), []);
         // A longer edited file: the tail counts as changed.
         let longer = [a.clone(), vec![0; 2]].concat();
-        assert_eq!(changed_ranges(&a[..], &longer[..], 4).expect("in memory"), [(40, 2)]);
+        assert_eq!(
+            changed_ranges(&a[..], &longer[..], 4).expect("in memory"),
+            [(40, 2)]
+        );
     }
 }

@@ -67,7 +67,10 @@ mod tests {
     #[test]
     fn lines_are_split_across_reads_and_cleaned() {
         let mut lines = ConsoleLines::default();
-        assert_eq!(lines.push(b"\x1b[2J\x1b[01;01HBdsDxe: load"), Vec::<String>::new());
+        assert_eq!(
+            lines.push(b"\x1b[2J\x1b[01;01HBdsDxe: load"),
+            Vec::<String>::new()
+        );
         assert_eq!(lines.partial(), "BdsDxe: load");
         assert_eq!(
             lines.push(b"ing\r\nsecond\nthird"),
@@ -90,7 +93,10 @@ mod tests {
         assert_eq!(judge(&expect, "xx MARKER-2 yy"), LineVerdict::Matched);
         assert_eq!(judge(&expect, "MARKER-"), LineVerdict::Continue);
         assert_eq!(
-            judge(&expect, "[ 1.0] Kernel panic - not syncing: Attempted to kill init!"),
+            judge(
+                &expect,
+                "[ 1.0] Kernel panic - not syncing: Attempted to kill init!"
+            ),
             LineVerdict::Panicked
         );
         let expect_panic = Regex::new("Kernel panic").expect("regex");

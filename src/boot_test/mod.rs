@@ -25,7 +25,7 @@ use std::time::Duration;
 pub use crate::builder_vm::AccelChoice;
 pub use error::BootError;
 pub use probe::ImageFormat;
-pub use run::boot_until;
+pub use run::{boot_until, inspect};
 
 /// Which firmware boots the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

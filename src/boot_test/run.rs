@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::argv::DiskBootConfig;
 use super::matcher::{ConsoleLines, LineVerdict, judge};
-use super::probe::{self, ImageFormat};
+use super::probe::{self, BootPartitions, ImageFormat};
 use super::{BootError, BootOutcome, BootPlan, FirmwareChoice};
 use crate::builder_vm::{accel_attempts, kvm_opens};
 use crate::qemu::{Accel, ConsoleLog, DiskFormat, Firmware, Qmp, RunDir, Supervised, VmEvent};
@@ -39,20 +39,12 @@ pub async fn boot_until(plan: &BootPlan) -> Result<BootOutcome, BootError> {
         source,
     })?;
     let run = RunDir::create(plan.run_dir_parent.as_deref())?;
-    let format = image_format(&plan.qemu_img, &image).await?;
+    let (format, found) = inspect(&plan.qemu_img, &image, run.path()).await?;
     let kind = match plan.firmware {
         FirmwareChoice::Ovmf => FirmwareKind::Uefi,
         FirmwareChoice::SeaBios => FirmwareKind::Bios,
-        FirmwareChoice::Auto => {
-            let head = read_head(&plan.qemu_img, &image, format, &run).await?;
-            let found = probe::boot_partitions(&head);
-            debug!(?found, "boot partitions");
-            if found.wants_uefi() {
-                FirmwareKind::Uefi
-            } else {
-                FirmwareKind::Bios
-            }
-        }
+        FirmwareChoice::Auto if found.wants_uefi() => FirmwareKind::Uefi,
+        FirmwareChoice::Auto => FirmwareKind::Bios,
     };
     if let (FirmwareKind::Bios, Some(vars)) = (kind, &plan.efi_vars) {
         return Err(BootError::VarsWithoutUefi { path: vars.clone() });
@@ -92,6 +84,20 @@ pub async fn boot_until(plan: &BootPlan) -> Result<BootOutcome, BootError> {
     unreachable!("accel_attempts always yields at least one accelerator")
 }
 
+/// The image's format (if nixdisk writes it) and the boot partitions of the
+/// disk inside, read through `qemu-img` into `scratch` (a directory).
+pub async fn inspect(
+    qemu_img: &Path,
+    image: &Path,
+    scratch: &Path,
+) -> Result<(ImageFormat, BootPartitions), BootError> {
+    let format = image_format(qemu_img, image).await?;
+    let head = read_head(qemu_img, image, format, scratch).await?;
+    let found = probe::boot_partitions(&head);
+    debug!(?found, "boot partitions");
+    Ok((format, found))
+}
+
 /// The format `qemu-img info` sees, if nixdisk writes it.
 async fn image_format(qemu_img: &Path, image: &Path) -> Result<ImageFormat, BootError> {
     let info = tool(
@@ -100,7 +106,11 @@ async fn image_format(qemu_img: &Path, image: &Path) -> Result<ImageFormat, Boot
     )
     .await?;
     let name = probe::format_from_info(&info).map_err(|message| BootError::Tool {
-        command: format!("{} info --output=json {}", qemu_img.display(), image.display()),
+        command: format!(
+            "{} info --output=json {}",
+            qemu_img.display(),
+            image.display()
+        ),
         message,
     })?;
     ImageFormat::from_name(&name).ok_or_else(|| BootError::UnsupportedFormat {
@@ -115,9 +125,9 @@ async fn read_head(
     qemu_img: &Path,
     image: &Path,
     format: ImageFormat,
-    run: &RunDir,
+    scratch: &Path,
 ) -> Result<Vec<u8>, BootError> {
-    let head = run.join("head.raw");
+    let head = scratch.join("head.raw");
     let mut input = std::ffi::OsString::from("if=");
     input.push(image);
     let mut output = std::ffi::OsString::from("of=");
