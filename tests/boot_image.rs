@@ -354,7 +354,18 @@ async fn a_wrong_regex_fails_with_the_console_tail() {
     assert_cleaned(&s.runs);
 
     // Generation 1 stays up: the deadline passes.
+    // Also starting from a given EFI variables file, which stays unchanged.
+    let ovmf = nixdisk_firmware::find_ovmf(
+        &nixdisk_firmware::Search::system(None),
+        &Default::default(),
+        Default::default(),
+    )
+    .expect("OVMF is installed");
+    let vars = s.dir.path().join("my-vars.fd");
+    std::fs::copy(&ovmf.vars_template, &vars).expect("copy the vars template");
+    let vars_before = sha256(&vars);
     let mut stays_up = plan(&s.image, "never-printed", &s.runs);
+    stays_up.efi_vars = Some(vars.clone());
     stays_up.entry = Some(1);
     stays_up.timeout = Duration::from_secs(20);
     let error = boot_until(&stays_up)
@@ -372,6 +383,7 @@ async fn a_wrong_regex_fails_with_the_console_tail() {
         error.to_string().contains("hint: raise --timeout"),
         "{error}"
     );
+    assert_eq!(sha256(&vars), vars_before, "the given vars file changed");
     assert_cleaned(&s.runs);
 }
 

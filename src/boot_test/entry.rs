@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use super::BootError;
 use super::probe::{self, GptEntry};
 use super::run::tool;
-use crate::layout::ESP_TYPE;
+use crate::layout::{ESP_TYPE, XBOOTLDR_TYPE};
 use crate::qemu::RunDir;
 
 /// The granularity of the write-back into the overlay.
@@ -158,27 +158,29 @@ pub(super) async fn select_on_overlay(
         source,
     })?;
 
-    let listing = mtool(
-        "mdir",
-        &[
-            "-b".as_ref(),
-            "-i".as_ref(),
-            esp_path.as_os_str(),
-            "::/loader/entries".as_ref(),
-        ],
-    )
-    .await
-    .map_err(|e| {
-        entry_error(format!(
-            "the ESP has no loader/entries directory (is it systemd-boot?): {e}"
-        ))
+    // systemd-boot reads entries from the ESP and from an XBOOTLDR
+    // partition (the efixbootldr layout), loader.conf from the ESP alone.
+    let mut names = entry_names(&esp_path).await;
+    if let Some(xbootldr) = probe::gpt_entries(&head)
+        .into_iter()
+        .find(|e| e.type_guid == XBOOTLDR_TYPE)
+    {
+        let xbootldr_path = run.join("xbootldr.raw");
+        dd(
+            qemu_img,
+            overlay,
+            xbootldr.start,
+            xbootldr.size,
+            &xbootldr_path,
+        )
+        .await?;
+        if let Some(more) = entry_names(&xbootldr_path).await {
+            names.get_or_insert_with(Vec::new).extend(more);
+        }
+    }
+    let names = names.ok_or_else(|| {
+        entry_error("no loader/entries directory on the ESP or XBOOTLDR partition: is the bootloader systemd-boot?".into())
     })?;
-    let names: Vec<String> = listing
-        .lines()
-        .filter_map(|l| l.trim().rsplit('/').next())
-        .filter(|n| !n.is_empty())
-        .map(str::to_owned)
-        .collect();
     let chosen = pick_entry(&names, n).ok_or_else(|| {
         entry_error(format!(
             "loader/entries holds {}; entry {n} is neither nixos-generation-{n}.conf nor within their count",
@@ -213,6 +215,30 @@ pub(super) async fn select_on_overlay(
     )
     .await?;
     write_back(qemu_img, overlay, &original, &esp_path, esp.start, run).await
+}
+
+/// The file names in `loader/entries` of the FAT file system in `fs`, or
+/// `None` when it has no such directory.
+async fn entry_names(fs: &Path) -> Option<Vec<String>> {
+    let listing = mtool(
+        "mdir",
+        &[
+            "-b".as_ref(),
+            "-i".as_ref(),
+            fs.as_os_str(),
+            "::/loader/entries".as_ref(),
+        ],
+    )
+    .await
+    .ok()?;
+    Some(
+        listing
+            .lines()
+            .filter_map(|l| l.trim().rsplit('/').next())
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 /// Writes the chunks of `edited` that differ from `original` into `overlay`
