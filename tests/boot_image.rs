@@ -349,6 +349,7 @@ async fn a_wrong_regex_fails_with_the_console_tail() {
     let BootError::QemuExited { ref tail, .. } = error else {
         panic!("expected QEMU to exit first, got: {error}");
     };
+    eprintln!("{error}");
     assert!(tail.contains(&marker(2)), "tail: {tail}");
     assert!(error.to_string().contains("/never-printed/"), "{error}");
     assert_cleaned(&s.runs);
@@ -377,6 +378,7 @@ async fn a_wrong_regex_fails_with_the_console_tail() {
     else {
         panic!("expected a timeout, got: {error}");
     };
+    eprintln!("{error}");
     assert_eq!(seconds, 20);
     assert!(!tail.trim().is_empty(), "the console tail is empty");
     assert!(
@@ -417,5 +419,55 @@ async fn images_nixdisk_does_not_write_are_refused() {
     vars_on_bios.efi_vars = Some(s.image.clone());
     let error = boot_until(&vars_on_bios).await.expect_err("vars need UEFI");
     assert!(error.to_string().contains("--firmware ovmf"), "{error}");
+    assert_cleaned(&s.runs);
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_the_boot_kills_qemu_and_removes_the_run_dir() {
+    let Some(s) = setup() else { return };
+    let plan = plan(&s.image, "never-printed", &s.runs);
+    let runs = s.runs.to_str().expect("utf-8").to_owned();
+    // What Ctrl-C does: the boot's future is dropped mid-boot.
+    // Boxed, so that `drop` below really drops the future (a pinned
+    // reference would leave it alive to the end of the scope).
+    let mut boot = Box::pin(boot_until(&plan));
+    let started = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            tokio::select! {
+                result = &mut boot => panic!("the boot ended early: {result:?}"),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            if processes_mentioning(&runs)
+                .iter()
+                .any(|c| c.contains("qemu-system"))
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(started.is_ok(), "QEMU did not start within 60 s");
+    drop(boot);
+    // SIGKILL was sent on drop; the kernel needs a moment to tear QEMU down.
+    let mut left = processes_mentioning(&runs);
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = processes_mentioning(&runs);
+    }
+    assert_eq!(left, Vec::<String>::new(), "QEMU outlived the dropped boot");
     assert_cleaned(&s.runs);
 }
