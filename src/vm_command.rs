@@ -114,7 +114,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         // Registered before anything starts, so no Ctrl-C kills us half-way.
         let interrupted = tokio::signal::ctrl_c();
         tokio::select! {
@@ -127,7 +127,11 @@ pub fn run(args: VmArgs) -> anyhow::Result<i32> {
                 Ok(EXIT_INTERRUPTED)
             }
         }
-    })
+    });
+    // A boot-file build in a blocking task may still run after Ctrl-C; it
+    // only fills the cache, so do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
 }
 
 async fn boot_and_run(args: &VmArgs) -> anyhow::Result<i32> {

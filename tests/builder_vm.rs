@@ -18,14 +18,15 @@ const MIB: usize = 1024 * 1024;
 /// Deterministic, incompressible-looking test data.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -208,36 +209,45 @@ async fn killed_qemu_ends_the_run() {
     scope.assert_clean();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn crashed_agent_is_reported_as_such() {
+/// Starts a VM whose agent fails on purpose right after hello
+/// (`nixdisk.fault=`) and checks the error that ends it (from the start
+/// itself, or from the first request) names the crash and `expected`.
+async fn crash_agent(fault: &str, expected: &str) {
     if !support::require_vm_tools() {
         return;
     }
     let scope = VmScope::new();
-    let mut vm = started(&scope).await;
-    // Overwrite the agent's code with ud2 (via /proc/1/mem, as root may):
-    // PID 1 dies of SIGILL, as it would of a real bug.
-    let script = r#"
-set -e
-range=$(grep ' r-xp .*/init$' /proc/1/maps | head -n 1 | cut -d' ' -f1)
-start=$((0x${range%-*}))
-end=$((0x${range#*-}))
-yes "$(printf '\017\013')" | tr -d '\n' | head -c $((end - start)) > /tmp/ud2
-dd if=/tmp/ud2 of=/proc/1/mem bs=4096 seek=$((start / 4096)) conv=notrunc 2>/dev/null
-echo "the agent's code is gone"
-sleep 30
-"#;
+    let config = BuilderVmConfig {
+        extra_kernel_args: vec![format!("nixdisk.fault={fault}")],
+        ..scope.config(FirmwareKind::Bios, TransportKind::VhostUserVsock)
+    };
     let since = Instant::now();
-    let error = vm
-        .vm()
-        .agent()
-        .run(&["sh", "-c", script], |_, _| {})
-        .await
-        .expect_err("the agent crashes");
+    let error = match scope.start(&config).await {
+        Err(e) => e,
+        Ok(mut vm) => {
+            let error = vm
+                .vm()
+                .agent()
+                .run(&["true"], |_, _| {})
+                .await
+                .expect_err("the agent is gone");
+            vm.stop_and_assert_gone();
+            error
+        }
+    };
     assert!(matches!(error, Error::AgentCrashed { .. }), "{error:?}");
-    assert_clear(&error, since, Duration::from_secs(15), "Attempted to kill init");
-    vm.stop_and_assert_gone();
+    assert_clear(&error, since, Duration::from_secs(120), expected);
     scope.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_exiting_as_pid_1_is_reported_as_a_crash() {
+    crash_agent("exit", "Attempted to kill init").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_panicking_is_reported_as_a_crash() {
+    crash_agent("panic", "fault injected by nixdisk.fault=panic").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -251,7 +261,20 @@ async fn missing_host_share_fails_the_start_with_the_agents_reason() {
         ..scope.config(FirmwareKind::Bios, TransportKind::VirtioSerial)
     };
     let since = Instant::now();
-    let error = scope.start(&config).await.expect_err("the share is missing");
+    let error = match scope.start(&config).await {
+        Err(e) => e,
+        // A report that came late surfaces at the first request.
+        Ok(mut vm) => {
+            let error = vm
+                .vm()
+                .agent()
+                .run(&["true"], |_, _| {})
+                .await
+                .expect_err("the agent failed at startup");
+            vm.stop_and_assert_gone();
+            error
+        }
+    };
     assert!(matches!(error, Error::AgentFailed { .. }), "{error:?}");
     // Boot plus the agent's 5 s of mount retries.
     assert_clear(&error, since, Duration::from_secs(90), "no-such-tag");
@@ -292,5 +315,97 @@ async fn a_file_that_is_no_kernel_is_refused() {
     let error = scope.start(&config).await.expect_err("not a kernel");
     std::fs::remove_file(&bogus).expect("remove");
     assert_clear(&error, since, Duration::from_secs(10), "bogus-kernel");
+    scope.assert_clean();
+}
+
+/// The environment variable that turns [`vm_command_child`] into a
+/// `nixdisk vm` process: the arguments, separated by newlines.
+const CHILD_ARGS: &str = "NIXDISK_TEST_VM_COMMAND_ARGS";
+
+/// Not a check on its own: when [`CHILD_ARGS`] is set, this test process
+/// becomes `nixdisk vm ARGS` (the Ctrl-C test below starts it that way,
+/// since the CLI's binary is wired elsewhere) and exits with its status.
+#[test]
+fn vm_command_child() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: nixdisk::vm_command::VmArgs,
+    }
+    let Ok(args) = std::env::var(CHILD_ARGS) else {
+        return;
+    };
+    let cli = Cli::parse_from(std::iter::once("nixdisk-vm").chain(args.lines()));
+    let code = match nixdisk::vm_command::run(cli.args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nixdisk vm: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+#[test]
+fn ctrl_c_stops_the_vm_and_leaves_nothing() {
+    use std::io::BufRead;
+    if !support::require_vm_tools() {
+        return;
+    }
+    let scope = VmScope::new();
+    let args = [
+        "--accel",
+        "tcg",
+        "--transport",
+        "vhost-user-vsock",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; sleep 100",
+    ]
+    .join("\n");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", "vm_command_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ARGS, args)
+        .env("TMPDIR", scope.parent())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the child starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // libtest prints its "test ... " prefix without a newline.
+            if line.trim_end().ends_with("ready") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    let ready = ready_rx.recv_timeout(Duration::from_secs(300));
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a pid");
+    if ready.is_err() {
+        let _ = child.kill();
+        panic!("the command never ran in the VM");
+    }
+    assert!(
+        !support::processes_mentioning(scope.parent()).is_empty(),
+        "QEMU runs with its run directory in the scope"
+    );
+    let since = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if since.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("the child did not exit within 15 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("exited {status} after {:?}", since.elapsed());
+    assert_eq!(status.code(), Some(130));
     scope.assert_clean();
 }

@@ -7,20 +7,18 @@
 //! powers off, as it does when the host asks or goes away.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use nixdisk_agent::boot_args::{BootArgs, SHARE_MOUNT_POINT, Share};
+use nixdisk_agent::boot_args::{BootArgs, SHARE_MOUNT_POINT};
 use nixdisk_agent::protocol::{Hello, PROTOCOL_VERSION};
 use rustix::mount::MountFlags;
 
 use crate::modules::{self, MODULE_LIST};
 use crate::run::RunConfig;
 use crate::serve::{self, Outcome, Receiver, Sender, Startup};
+use crate::share;
 use crate::system::{self, SystemError};
 use crate::transport;
-
-/// How long to retry mounting the share while its virtio device is probed.
-const SHARE_MOUNT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the builder VM's init to the end. Never returns: the VM powers off.
 pub fn main() -> ! {
@@ -55,7 +53,8 @@ pub fn main() -> ! {
             BootArgs::default()
         }
     };
-    std::thread::spawn(system::reap_orphans_forever);
+    startup.fault = args.fault;
+    std::thread::spawn(system::reap_children_forever);
 
     if let Err(fatal) = load_modules(&args, &mut startup.warnings) {
         startup.fatal.get_or_insert(fatal);
@@ -63,7 +62,9 @@ pub fn main() -> ! {
     let chroot_root = match &args.share {
         None => None,
         Some(share) => {
-            match mount_share(share).and_then(|()| prepare_chroot(&mut startup.warnings)) {
+            match share::mount_share(share)
+                .and_then(|()| share::prepare_chroot(&mut startup.warnings))
+            {
                 Ok(()) => Some(SHARE_MOUNT_POINT.to_owned()),
                 Err(error) => {
                     let context = vec![format!(
@@ -176,49 +177,4 @@ fn load_modules(args: &BootArgs, warnings: &mut Vec<String>) -> Result<(), (Stri
         }
     }
     fatal.map_or(Ok(()), Err)
-}
-
-/// Mounts the host's root read-only at [`SHARE_MOUNT_POINT`], retrying while the device appears.
-fn mount_share(share: &Share) -> Result<(), SystemError> {
-    let (tag, fstype, data) = match share {
-        // cache=loose: the guest only reads, and the store paths and inputs it
-        // reads do not change during a build, so revalidating every lookup
-        // with the host would only cost time.
-        Share::NineP { tag } => (
-            tag,
-            "9p",
-            "trans=virtio,version=9p2000.L,msize=512000,cache=loose",
-        ),
-        Share::Virtiofs { tag } => (tag, "virtiofs", ""),
-    };
-    let started = Instant::now();
-    loop {
-        match system::mount(tag, SHARE_MOUNT_POINT, fstype, MountFlags::RDONLY, data) {
-            Ok(()) => {
-                tracing::info!(%share, "mounted the host share on {SHARE_MOUNT_POINT}");
-                return Ok(());
-            }
-            Err(error) if started.elapsed() > SHARE_MOUNT_TIMEOUT => return Err(error),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-/// Gives the chroot of the share what commands expect: the kernel file
-/// systems, a writable /tmp and /run, and /mnt shared with the agent's /mnt
-/// (a tmpfs), so a target disk mounted on either shows in both.
-fn prepare_chroot(warnings: &mut Vec<String>) -> Result<(), SystemError> {
-    let inside = |dir: &str| format!("{SHARE_MOUNT_POINT}{dir}");
-    for dir in ["/dev", "/proc", "/sys"] {
-        system::bind_recursive(dir, &inside(dir))?;
-    }
-    let nosuid = MountFlags::NOSUID | MountFlags::NODEV;
-    system::mount("tmpfs", &inside("/tmp"), "tmpfs", nosuid, "mode=1777")?;
-    system::mount("tmpfs", &inside("/run"), "tmpfs", nosuid, "mode=0755")?;
-    system::mount("tmpfs", "/mnt", "tmpfs", MountFlags::empty(), "mode=0755")?;
-    system::make_shared("/mnt")?;
-    if let Err(error) = system::bind_recursive("/mnt", &inside("/mnt")) {
-        warnings.push(format!("{error}: /mnt is only outside the chroot"));
-    }
-    Ok(())
 }

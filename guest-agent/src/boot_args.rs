@@ -1,8 +1,24 @@
 //! The agent's settings on the kernel command line, written by the host and read by the agent.
 //!
-//! `nixdisk.transport=vsock:<port>|serial:<name>`, `nixdisk.share=9p:<tag>|virtiofs:<tag>`
-//! and `nixdisk.debug`. Other words on the command line belong to the kernel
+//! `nixdisk.transport=vsock:<port>|serial:<name>`, `nixdisk.share=9p:<tag>|virtiofs:<tag>`,
+//! `nixdisk.debug`, and for fault tests `nixdisk.fault=panic|exit`. Other words on the command line belong to the kernel
 //! and are ignored.
+//!
+//! What the host must give the builder VM for the agent:
+//! - an initramfs with the agent as `/init`, `/dev/console`, and the modules
+//!   in `/etc/nixdisk/modules` (absolute paths, one per line, dependencies
+//!   first: `modules.dep` lists a module's dependencies, e.g. `virtio_ring`
+//!   before `virtio`, `netfs` before `fscache` before `9p`);
+//! - for `9p:<tag>`, `-virtfs local,path=/,mount_tag=<tag>,security_model=none,readonly=on,multidevs=remap`:
+//!   without `multidevs=remap` the host's /proc, /sys, /dev look like one
+//!   directory to the guest and the chroot breaks (the agent then reports it);
+//! - for `serial:<name>`, `-device virtserialport,name=<name>` on a
+//!   virtio-serial bus; hello waits until the host side is connected;
+//! - for `vsock:<port>`, a vsock device; the agent listens, the host connects.
+//!
+//! In the chroot, `/tmp` and `/run` are fresh tmpfs (the host's are hidden;
+//! top-level symlinks of the host's `/run`, such as NixOS's `current-system`,
+//! are recreated), and `/mnt` is a tmpfs shared with the agent's own `/mnt`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -61,7 +77,7 @@ pub enum BootArgsError {
     /// A `nixdisk.` word nobody knows: probably a typo, better caught than ignored.
     #[error(
         "kernel command line: unknown setting {word:?}; known: nixdisk.transport=, nixdisk.share=, \
-         nixdisk.debug"
+         nixdisk.debug, nixdisk.fault=panic|exit"
     )]
     Unknown {
         /// The word.
@@ -90,6 +106,25 @@ impl FromStr for Share {
     }
 }
 
+/// A failure the agent causes on purpose right after hello, so the host's
+/// handling of a crashed agent or a panicked guest can be tested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `nixdisk.fault=panic`: the agent panics (its panic hook logs and powers off).
+    Panic,
+    /// `nixdisk.fault=exit`: PID 1 exits, so the kernel panics.
+    Exit,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fault::Panic => "panic",
+            Fault::Exit => "exit",
+        })
+    }
+}
+
 /// The agent's settings from the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BootArgs {
@@ -100,6 +135,8 @@ pub struct BootArgs {
     pub share: Option<Share>,
     /// Verbose logging on the console.
     pub debug: bool,
+    /// A failure to cause after hello (fault-injection tests only).
+    pub fault: Option<Fault>,
 }
 
 impl BootArgs {
@@ -113,6 +150,8 @@ impl BootArgs {
             match setting.split_once('=') {
                 Some(("transport", value)) => args.transport = Some(value.parse()?),
                 Some(("share", value)) => args.share = Some(value.parse()?),
+                Some(("fault", "panic")) => args.fault = Some(Fault::Panic),
+                Some(("fault", "exit")) => args.fault = Some(Fault::Exit),
                 None if setting == "debug" => args.debug = true,
                 _ => {
                     return Err(BootArgsError::Unknown {
@@ -136,6 +175,9 @@ impl BootArgs {
         if self.debug {
             words.push("nixdisk.debug".to_owned());
         }
+        if let Some(fault) = self.fault {
+            words.push(format!("nixdisk.fault={fault}"));
+        }
         words
     }
 }
@@ -158,6 +200,7 @@ mod tests {
                     tag: "hostroot".into()
                 }),
                 debug: true,
+                fault: None,
             }
         );
     }
@@ -178,12 +221,14 @@ mod tests {
             }),
             share: Some(Share::Virtiofs { tag: "root".into() }),
             debug: false,
+            fault: Some(Fault::Exit),
         };
         assert_eq!(
             args.to_kernel_words(),
             [
                 "nixdisk.transport=serial:org.nixdisk.agent",
-                "nixdisk.share=virtiofs:root"
+                "nixdisk.share=virtiofs:root",
+                "nixdisk.fault=exit"
             ]
         );
         assert_eq!(
@@ -199,6 +244,10 @@ mod tests {
         assert!(matches!(
             BootArgs::parse("nixdisk.transport=vsock:zero"),
             Err(BootArgsError::Transport(_))
+        ));
+        assert!(matches!(
+            BootArgs::parse("nixdisk.fault=segv"),
+            Err(BootArgsError::Unknown { .. })
         ));
         assert!(matches!(
             BootArgs::parse("nixdisk.degub"),

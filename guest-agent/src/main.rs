@@ -9,6 +9,7 @@ mod files;
 mod modules;
 mod run;
 mod serve;
+mod share;
 mod system;
 mod transport;
 
@@ -76,6 +77,11 @@ fn main() -> ExitCode {
         }
     };
     init_logging(std::env::var_os("NIXDISK_AGENT_DEBUG").is_some());
+    // The same reaping as in the VM, so the tests exercise it.
+    if let Err(error) = system::become_subreaper() {
+        tracing::warn!(%error, "orphans of commands will not be reaped by the agent");
+    }
+    std::thread::spawn(system::reap_children_forever);
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),

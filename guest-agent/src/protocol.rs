@@ -1,8 +1,8 @@
 //! The host-guest protocol: versioned hello, length-prefixed frames, requests, responses, events, bulk streams.
 //!
 //! Both sides speak it over one byte stream (vsock, virtio-serial, or a pipe
-//! in tests). The stream is a sequence of frames ([`frame`]): a control frame
-//! carries one JSON-encoded message ([`message`]), a data frame carries raw
+//! in tests). The stream is a sequence of [`Frame`]s: a control frame
+//! carries one JSON-encoded message, a data frame carries raw
 //! bytes of the bulk stream in progress.
 //!
 //! The conversation:

@@ -2,11 +2,11 @@
 //! stream its output, feed it the host's stdin stream, report how it ended.
 
 use std::io::{Read, Write};
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::thread::JoinHandle;
 
 use nixdisk_agent::protocol::{AgentMessage, ExitStatus, Output, OutputStream, ProtocolError, Run};
+use rustix::process::WaitStatus;
 use sha2::{Digest, Sha256};
 
 use crate::serve::{Receiver, Sender, ServeError, receive_stream};
@@ -75,11 +75,9 @@ pub fn run(
         Ok(command) => command,
         Err(message) => return refuse(receiver, sender, &request, message, what),
     };
-    let children = system::lock_children();
-    let mut child = match command.spawn() {
+    let mut child = match system::spawn(&mut command) {
         Ok(child) => child,
         Err(error) => {
-            drop(children);
             let program = request.argv.first().map(String::as_str).unwrap_or("");
             let message = format!("cannot start {program:?}: {error}");
             return refuse(receiver, sender, &request, message, what);
@@ -108,23 +106,10 @@ pub fn run(
     }
     let stdout = join(stdout);
     let stderr = join(stderr);
-    let status = wait(&mut child);
-    drop(children);
+    let status = exit_status(system::wait(&child));
     let stdin_mismatch = stdin?;
     stdout?;
     let stderr_tail = stderr?;
-    let status = match status {
-        Ok(status) => status,
-        Err(error) => {
-            sender.send_error(
-                Some(id),
-                format!("waiting for the command failed: {error}"),
-                vec![what],
-                None,
-            )?;
-            return Ok(());
-        }
-    };
     tracing::debug!(id, %status, "exited");
     if let Some(mismatch) = stdin_mismatch {
         let tail = String::from_utf8_lossy(&stderr_tail).into_owned();
@@ -151,14 +136,13 @@ fn refuse(
     Ok(())
 }
 
-fn wait(child: &mut Child) -> std::io::Result<ExitStatus> {
-    let status = child.wait()?;
-    Ok(match (status.code(), status.signal()) {
+fn exit_status(status: WaitStatus) -> ExitStatus {
+    match (status.exit_status(), status.terminating_signal()) {
         (Some(code), _) => ExitStatus::Code(code),
         (None, Some(signal)) => ExitStatus::Signal(signal),
-        // Neither code nor signal only happens for stopped children, which wait() does not report.
+        // Only exited or killed children are reaped (no WUNTRACED).
         (None, None) => ExitStatus::Code(-1),
-    })
+    }
 }
 
 /// Copies the host's stdin stream into the command. Returns a description of

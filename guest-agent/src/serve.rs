@@ -11,6 +11,8 @@ use nixdisk_agent::protocol::{
     read_frame, write_data, write_message,
 };
 
+use nixdisk_agent::boot_args::Fault;
+
 use crate::files;
 use crate::run::{self, RunConfig};
 
@@ -32,6 +34,8 @@ pub struct Startup {
     pub warnings: Vec<String>,
     /// A problem that leaves the agent unusable, with what it was doing.
     pub fatal: Option<(String, Vec<String>)>,
+    /// A failure to cause after hello, for fault-injection tests.
+    pub fault: Option<Fault>,
 }
 
 /// The connection broke or the host broke the protocol: the loop ends.
@@ -153,6 +157,14 @@ pub fn serve(
     if let Some((message, context)) = startup.fatal {
         sender.send_error(None, message, context, None)?;
         return Ok(Outcome::Failed);
+    }
+    match startup.fault {
+        None => {}
+        Some(Fault::Panic) => panic!("fault injected by nixdisk.fault=panic"),
+        Some(Fault::Exit) => {
+            tracing::error!("exiting on purpose (nixdisk.fault=exit)");
+            std::process::exit(1);
+        }
     }
     loop {
         let request = match receiver.next()? {

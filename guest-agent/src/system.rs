@@ -13,15 +13,15 @@ use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::process::{Child, Command};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rustix::io::Errno;
 use rustix::mount::{MountFlags, MountPropagationFlags};
 use rustix::net::addr::{SocketAddrArg, SocketAddrLen, SocketAddrOpaque};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
-use rustix::process::{WaitId, WaitIdOptions, WaitOptions};
+use rustix::process::{WaitId, WaitIdOptions, WaitOptions, WaitStatus};
 
 /// A syscall that failed, with what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -117,32 +117,88 @@ pub fn kernel_release() -> String {
         .into_owned()
 }
 
-/// Serializes spawning-and-waiting with the orphan reaper: while a command
-/// runs, only its owner may wait for it, else the reaper could take its exit
-/// status (and std panics when a failed exec's child is already reaped).
-static CHILDREN: Mutex<()> = Mutex::new(());
+/// The agent's children: the command it runs, and its exit status once reaped.
+struct Children {
+    /// The pid of the command being run, if any.
+    running: Option<u32>,
+    /// Its wait status, once the reaper collected it.
+    finished: Option<WaitStatus>,
+}
 
-/// Held while a command of the agent runs, from spawn to wait.
-pub fn lock_children() -> MutexGuard<'static, ()> {
+/// Held by the reaper while it reaps and by [`spawn`] while it forks, so a
+/// child is never reaped before its pid is known (std itself waits for a child
+/// whose exec failed and would find it gone).
+static CHILDREN: Mutex<Children> = Mutex::new(Children {
+    running: None,
+    finished: None,
+});
+/// Signalled when the running command's status arrives.
+static FINISHED: Condvar = Condvar::new();
+/// Signalled when a command starts, to wake a reaper with no children.
+static SPAWNED: Condvar = Condvar::new();
+
+fn children() -> MutexGuard<'static, Children> {
     CHILDREN
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// PID 1's duty: collect the exit status of every orphan that ends up with us.
-/// Runs forever on its own thread.
-pub fn reap_orphans_forever() {
+/// Starts `command`; its exit status comes from [`wait`]. Needs the reaper
+/// ([`reap_children_forever`]) running, which also collects orphans (PID 1's duty).
+pub fn spawn(command: &mut Command) -> std::io::Result<Child> {
+    let mut children = children();
+    let child = command.spawn()?;
+    children.running = Some(child.id());
+    children.finished = None;
+    SPAWNED.notify_all();
+    Ok(child)
+}
+
+/// Waits until the reaper has collected `child`, the command last spawned.
+pub fn wait(child: &Child) -> WaitStatus {
+    let mut children = children();
     loop {
-        // Wait without reaping until some child has exited, then reap under the lock.
-        match rustix::process::waitid(WaitId::All, WaitIdOptions::EXITED | WaitIdOptions::NOWAIT) {
-            Ok(_) => {
-                let _children = lock_children();
-                while let Ok(Some(_)) = rustix::process::waitpid(None, WaitOptions::NOHANG) {}
+        if children.running == Some(child.id())
+            && let Some(status) = children.finished.take()
+        {
+            children.running = None;
+            return status;
+        }
+        children = FINISHED
+            .wait(children)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    }
+}
+
+/// Reaps every child that exits, handing the running command's status to
+/// [`wait`] and dropping the orphans'. Runs forever on its own thread.
+pub fn reap_children_forever() {
+    loop {
+        // Sleep in the kernel until some child has exited, without reaping it yet.
+        let peek =
+            rustix::process::waitid(WaitId::All, WaitIdOptions::EXITED | WaitIdOptions::NOWAIT);
+        let mut children = children();
+        if matches!(peek, Err(Errno::CHILD)) {
+            // No children at all: nothing can exit before the next spawn.
+            let _children = SPAWNED
+                .wait_timeout(children, Duration::from_secs(1))
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            continue;
+        }
+        while let Ok(Some((pid, status))) = rustix::process::waitpid(None, WaitOptions::NOHANG) {
+            if children.running == Some(pid.as_raw_nonzero().get() as u32) {
+                children.finished = Some(status);
+                FINISHED.notify_all();
             }
-            // No children at all (ECHILD) or an interruption: look again shortly.
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
+}
+
+/// Makes orphans of our commands our children, as they are for PID 1, so the
+/// host-side tests see the same reaping as the VM.
+pub fn become_subreaper() -> Result<(), SystemError> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(failed("become a child subreaper"))
 }
 
 /// Makes `command` run chrooted in `root`, in the directory `cwd` of the new root.

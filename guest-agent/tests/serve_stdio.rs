@@ -117,17 +117,18 @@ fn run(id: u64, argv: &[&str]) -> Run {
     }
 }
 
-/// Deterministic, incompressible-enough test bytes.
+/// Deterministic, incompressible test bytes (xorshift, a word at a time: fast in debug builds).
 fn pattern(len: usize) -> Vec<u8> {
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -178,6 +179,47 @@ fn run_gets_exactly_the_requested_environment_and_directory() {
             "PATH=/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         ]
     );
+}
+
+/// The agent's direct children that are zombies.
+fn zombie_children(pid: u32) -> Vec<String> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    children
+        .split_whitespace()
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn orphans_of_commands_are_reaped() {
+    let mut agent = Agent::start(&[]);
+    // The background sleep outlives its shell and becomes the agent's orphan.
+    let (_, _, status) = agent
+        .run(run(
+            1,
+            &["sh", "-c", "sleep 0.3 </dev/null >/dev/null 2>&1 & echo $!"],
+        ))
+        .unwrap();
+    assert!(status.success());
+    let pid = agent.child.id();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    assert!(
+        !children.trim().is_empty(),
+        "the orphan should be the agent's child"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(zombie_children(pid), Vec::<String>::new());
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    assert_eq!(children.trim(), "");
+    // And commands still get their own status afterwards.
+    let (_, _, status) = agent.run(run(2, &["sh", "-c", "exit 5"])).unwrap();
+    assert_eq!(status, ExitStatus::Code(5));
 }
 
 #[test]
@@ -231,16 +273,27 @@ fn rustix_is_root() -> bool {
 /// Sends `data` as a bulk stream for request `id` on a thread (so the agent's
 /// replies can be read meanwhile), returning the host's side back.
 fn send_stream(
+    to_agent: BufWriter<ChildStdin>,
+    id: u64,
+    data: Vec<u8>,
+    damage: bool,
+) -> std::thread::JoinHandle<BufWriter<ChildStdin>> {
+    let sha256 = sha256(&data);
+    send_stream_hashed(to_agent, id, data, sha256, damage)
+}
+
+/// [`send_stream`] with the checksum already known.
+fn send_stream_hashed(
     mut to_agent: BufWriter<ChildStdin>,
     id: u64,
     data: Vec<u8>,
+    mut sha256: String,
     damage: bool,
 ) -> std::thread::JoinHandle<BufWriter<ChildStdin>> {
     std::thread::spawn(move || {
         for chunk in data.chunks(MAX_DATA_CHUNK) {
             write_data(&mut to_agent, chunk).unwrap();
         }
-        let mut sha256 = sha256(&data);
         if damage {
             sha256 = sha256.replace(&sha256[..1], if &sha256[..1] == "0" { "1" } else { "0" });
         }
@@ -296,7 +349,13 @@ fn write_then_read_256_mib_with_matching_checksums() {
         path: path.clone(),
         mode: 0o640,
     });
-    let sender = send_stream(agent.to_agent.take().unwrap(), 1, data, false);
+    let sender = send_stream_hashed(
+        agent.to_agent.take().unwrap(),
+        1,
+        data,
+        expected.clone(),
+        false,
+    );
     let reply = agent.receive_message();
     agent.to_agent = Some(sender.join().unwrap());
     assert_eq!(

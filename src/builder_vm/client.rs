@@ -25,6 +25,10 @@ pub use nixdisk_agent::protocol::OutputStream;
 /// blaming the agent alone.
 const DEATH_GRACE: Duration = Duration::from_secs(3);
 
+/// How long the agent may stay quiet after hello before we take it that no
+/// startup report follows.
+const STARTUP_QUIET: Duration = Duration::from_millis(300);
+
 /// The result of a bulk transfer, as both sides agreed on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transfer {
@@ -113,8 +117,10 @@ impl AgentClient {
                 ))));
             }
         }
-        // Startup problems follow hello at once: surface a fatal one now.
-        if let Ok(result) = tokio::time::timeout(Duration::from_millis(200), client.fill()).await {
+        // Startup problems follow hello at once: take what comes until the
+        // agent goes quiet, and surface a fatal one now rather than at the
+        // first request.
+        while let Ok(result) = tokio::time::timeout(STARTUP_QUIET, client.fill()).await {
             result.map_err(HandshakeError::Fatal)?;
             client.take_agent_failure().map_err(HandshakeError::Fatal)?;
         }

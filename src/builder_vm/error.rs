@@ -71,8 +71,10 @@ pub enum Error {
         console_tail: String,
     },
     /// The guest kernel panicked.
-    #[error("the guest kernel panicked{}", console(.console_tail))]
+    #[error("the guest kernel panicked: {reason}{}", console(.console_tail))]
     GuestPanicked {
+        /// The console line that says why.
+        reason: String,
         /// The end of the guest console.
         console_tail: String,
     },
@@ -107,8 +109,10 @@ pub enum Error {
         console_tail: String,
     },
     /// The guest agent (PID 1) died; the kernel then stops the VM.
-    #[error("the guest agent (PID 1) crashed{}", console(.console_tail))]
+    #[error("the guest agent (PID 1) crashed: {reason}{}", console(.console_tail))]
     AgentCrashed {
+        /// The console line that says why.
+        reason: String,
         /// The end of the guest console.
         console_tail: String,
     },

@@ -155,9 +155,11 @@ impl BuilderVm {
 
         let attempts = accel_attempts(config.accel, kvm_opens());
         let mut result = Err(Error::Internal("no accelerator to try".into()));
-        for (index, accel) in attempts.iter().copied().enumerate() {
+        let mut accel = Accel::Tcg;
+        for (index, attempt) in attempts.iter().copied().enumerate() {
             let last = index + 1 == attempts.len();
-            result = start_attempt(config, &prepared, &run_dir, accel, last).await;
+            accel = attempt;
+            result = start_attempt(config, &prepared, &run_dir, attempt, last).await;
             match &result {
                 Ok(_) => break,
                 Err(e) if !last => {
@@ -168,11 +170,6 @@ impl BuilderVm {
         }
         let (client, qmp, watch, attempt_dir, console_task) = result?;
         let startup = started.elapsed();
-        let accel = attempts
-            .iter()
-            .copied()
-            .find(|a| attempt_dir.ends_with(accel_name(*a)))
-            .unwrap_or(Accel::Tcg);
         tracing::info!(
             qemu_pid = watch.qemu_pid(),
             daemon_pid = watch.daemon_pid(),

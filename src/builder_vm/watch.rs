@@ -97,7 +97,11 @@ impl VmWatch {
         }
         .map(|detail| {
             let console = self.console.contents();
-            if console.contains("Attempted to kill init") {
+            // PID 1 exiting makes the kernel panic; the agent's panic hook
+            // prints its message and powers off.
+            if console.contains("Attempted to kill init")
+                || console.contains("nixdisk-agent: PANIC")
+            {
                 VmEnd::AgentCrashed
             } else if *lock(&self.panicked) || console.contains("Kernel panic") {
                 VmEnd::Panicked
@@ -139,9 +143,25 @@ impl VmWatch {
     /// The error for `end`, with the console tail.
     pub fn error(&self, end: VmEnd) -> Error {
         let console_tail = self.console_tail();
+        // A panic's stack trace fills the tail: name the cause separately.
+        let console = self.console.contents();
+        let reason = |needles: &[&str]| {
+            console
+                .lines()
+                .map(crate::qemu::console::clean_line)
+                .find(|line| needles.iter().any(|n| line.contains(n)))
+                .map(|line| line.trim().to_owned())
+                .unwrap_or_default()
+        };
         match end {
-            VmEnd::AgentCrashed => Error::AgentCrashed { console_tail },
-            VmEnd::Panicked => Error::GuestPanicked { console_tail },
+            VmEnd::AgentCrashed => Error::AgentCrashed {
+                reason: reason(&["nixdisk-agent: PANIC", "Attempted to kill init"]),
+                console_tail,
+            },
+            VmEnd::Panicked => Error::GuestPanicked {
+                reason: reason(&["Kernel panic"]),
+                console_tail,
+            },
             VmEnd::QemuExited { detail } => Error::VmStopped {
                 what: detail,
                 console_tail,

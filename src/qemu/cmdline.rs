@@ -242,8 +242,11 @@ impl QemuConfig {
         }
 
         if let Some(share) = &self.host_share {
-            let mut fsdev =
-                OsString::from("local,id=hostshare,security_model=none,readonly=on,path=");
+            // multidevs=remap: the host root spans many file systems, whose
+            // inode numbers would collide in the guest otherwise.
+            let mut fsdev = OsString::from(
+                "local,id=hostshare,security_model=none,readonly=on,multidevs=remap,path=",
+            );
             fsdev.push(escape_commas(share.path.as_os_str()));
             a.pair("-fsdev", fsdev);
             a.pair(

@@ -61,7 +61,7 @@ fn tail(transport: &[&str]) -> Vec<String> {
         "-device",
         "virtio-blk-pci,drive=disk0",
         "-fsdev",
-        "local,id=hostshare,security_model=none,readonly=on,path=/",
+        "local,id=hostshare,security_model=none,readonly=on,multidevs=remap,path=/",
         "-device",
         "virtio-9p-pci,fsdev=hostshare,mount_tag=host",
         "-chardev",
