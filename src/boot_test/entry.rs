@@ -139,14 +139,12 @@ pub(super) async fn select_on_overlay(
     run: &RunDir,
 ) -> Result<(), BootError> {
     let entry_error = |reason: String| BootError::Entry { entry: n, reason };
-    let head = dd(
-        qemu_img,
-        overlay,
-        0,
-        probe::HEAD_BYTES as u64,
-        &run.join("entry-head.raw"),
-    )
-    .await?;
+    let head_path = run.join("entry-head.raw");
+    dd(qemu_img, overlay, 0, probe::HEAD_BYTES as u64, &head_path).await?;
+    let head = std::fs::read(&head_path).map_err(|source| BootError::Image {
+        path: head_path.clone(),
+        source,
+    })?;
     let esp = esp_of(&head).ok_or_else(|| {
         entry_error("the image has no EFI system partition (only systemd-boot entries can be chosen so far)".into())
     })?;
@@ -299,14 +297,8 @@ async fn dd(
     offset: u64,
     length: u64,
     out: &Path,
-) -> Result<Vec<u8>, BootError> {
-    // qemu-img dd counts in blocks: the largest power of two (up to 1 MiB)
-    // dividing both offset and length.
-    let block = (0..=20)
-        .rev()
-        .map(|shift| 1u64 << shift)
-        .find(|b| offset % b == 0 && length % b == 0)
-        .unwrap_or(1);
+) -> Result<(), BootError> {
+    let block = dd_block(offset, length);
     let arg = |key: &str, value: &OsStr| {
         let mut s = std::ffi::OsString::from(key);
         s.push(value);
@@ -329,14 +321,17 @@ async fn dd(
         .map(|a: &std::ffi::OsString| a.as_os_str())
         .collect();
     let _ = std::fs::remove_file(out);
-    tool(qemu_img, &refs).await?;
-    if length > probe::HEAD_BYTES as u64 {
-        return Ok(Vec::new());
-    }
-    std::fs::read(out).map_err(|source| BootError::Image {
-        path: out.to_owned(),
-        source,
-    })
+    tool(qemu_img, &refs).await.map(drop)
+}
+
+/// The block size for `qemu-img dd`, which counts in blocks: the largest
+/// power of two up to 1 MiB dividing both `offset` and `length`.
+pub fn dd_block(offset: u64, length: u64) -> u64 {
+    (0..=20)
+        .rev()
+        .map(|shift| 1u64 << shift)
+        .find(|b| offset % b == 0 && length % b == 0)
+        .unwrap_or(1)
 }
 
 /// Runs an mtools program (on an image file, so no drive check).
@@ -415,6 +410,15 @@ mod tests {
             with_default("defaultx 1", "a.conf"),
             "defaultx 1\ndefault a.conf\n"
         );
+    }
+
+    #[test]
+    fn dd_blocks() {
+        assert_eq!(dd_block(1 << 20, 64 << 20), 1 << 20);
+        assert_eq!(dd_block(0, 65536), 65536);
+        assert_eq!(dd_block(2048 * 512, 1000 * 512), 4096);
+        assert_eq!(dd_block(34 * 512, 7), 1);
+        assert_eq!(dd_block(0, 0), 1 << 20);
     }
 
     #[test]

@@ -254,6 +254,8 @@ async fn attempt(
     let console = ConsoleLog::new(&console_path);
     let mut lines = ConsoleLines::default();
     let mut offset = 0u64;
+    // QEMU's reason for a shutdown (`guest-shutdown`, `guest-reset`, ...).
+    let mut shutdown: Option<String> = None;
     loop {
         // Checked before the last read, so what QEMU wrote before exiting
         // is still judged.
@@ -279,17 +281,24 @@ async fn attempt(
             return Ok((partial, started.elapsed()));
         }
         while let Ok(event) = events.try_recv() {
-            if event == VmEvent::GuestPanicked {
-                return Err(BootError::GuestPanicked {
-                    expect,
-                    tail: console.tail(TAIL_LINES),
-                });
+            match event {
+                VmEvent::GuestPanicked => {
+                    return Err(BootError::GuestPanicked {
+                        expect,
+                        tail: console.tail(TAIL_LINES),
+                    });
+                }
+                VmEvent::Shutdown { reason, .. } => shutdown = Some(reason),
             }
         }
         if let Some(status) = exited {
+            let status = match &shutdown {
+                Some(reason) => format!("{status}, after {reason}"),
+                None => status.to_string(),
+            };
             return Err(BootError::QemuExited {
                 expect,
-                status: status.to_string(),
+                status,
                 tail: console.tail(TAIL_LINES),
                 stderr: qemu.stderr_tail(10),
             });
