@@ -21,8 +21,9 @@ use crate::qemu::{Accel, ConsoleLog, DiskFormat, Firmware, Qmp, RunDir, Supervis
 /// TCG: a nested KVM can hang without a word (see DESIGN.md).
 const KVM_PROBE_WINDOW: Duration = Duration::from_secs(30);
 
-/// How long QEMU may take to open its QMP socket.
-const QMP_READY: Duration = Duration::from_secs(15);
+/// How long QEMU may take to open its QMP socket (generous: CI machines
+/// running many emulated guests start QEMU slowly).
+const QMP_READY: Duration = Duration::from_secs(30);
 
 /// How many console lines an error shows.
 const TAIL_LINES: usize = 25;
