@@ -26,7 +26,7 @@ use nixdisk_firmware::FirmwareKind;
 use tokio::time::Instant;
 
 use crate::qemu::{
-    self, Accel, DirectBoot, Disk, DiskFormat, Firmware, HostShare, Machine, Qmp, QemuConfig,
+    self, Accel, DirectBoot, Disk, DiskFormat, Firmware, HostShare, Machine, QemuConfig, Qmp,
     RunDir, Supervised,
 };
 use crate::transport::{self, HostCapabilities, Transport, TransportChoice, TransportKind};
@@ -343,7 +343,9 @@ async fn boot_once(
 > {
     let efi = matches!(prepared.firmware, nixdisk_firmware::Firmware::Ovmf(_));
     let firmware = qemu_firmware(&prepared.firmware, dir)?;
-    let share = config.share_host_root.then(|| format!("9p:{HOST_SHARE_TAG}"));
+    let share = config
+        .share_host_root
+        .then(|| format!("9p:{HOST_SHARE_TAG}"));
     let qemu_config = QemuConfig {
         binary: config.qemu_binary.clone(),
         machine: Machine::Q35,
@@ -396,8 +398,7 @@ async fn boot_once(
     });
     let deadline = Instant::now() + timeout;
     let connect = async {
-        let qmp = Qmp::connect(&qemu_config.qmp_socket, Duration::from_secs(30), events_tx)
-            .await?;
+        let qmp = Qmp::connect(&qemu_config.qmp_socket, Duration::from_secs(30), events_tx).await?;
         let client = connect_agent(transport, &watch, deadline).await?;
         Ok::<_, Error>((client, qmp))
     };
@@ -503,8 +504,12 @@ pub fn find_agent(explicit: Option<&Path>) -> Result<PathBuf, Error> {
                 .find(|p| p.file_name().is_some_and(|n| n == "target"))
                 .map(Path::to_owned)
         });
-    let candidates =
-        agent_candidates(explicit, env.as_deref(), exe.as_deref(), target_dir.as_deref());
+    let candidates = agent_candidates(
+        explicit,
+        env.as_deref(),
+        exe.as_deref(),
+        target_dir.as_deref(),
+    );
     let found = candidates
         .iter()
         .find(|p| p.is_file())
