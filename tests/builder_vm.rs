@@ -106,7 +106,10 @@ async fn boot_run_and_stream(firmware: FirmwareKind, transport: TransportKind, m
         .expect("reading from the guest");
     let down = started.elapsed();
     assert_eq!(received, sent);
-    assert!(back == data, "the bytes read back differ from those written");
+    assert!(
+        back == data,
+        "the bytes read back differ from those written"
+    );
     eprintln!(
         "{mib} MiB: to the guest {:.0} MiB/s, from the guest {:.0} MiB/s",
         mib as f64 / up.as_secs_f64(),
@@ -294,7 +297,12 @@ async fn wrong_kernel_path_fails_before_qemu_starts() {
     };
     let since = Instant::now();
     let error = scope.start(&config).await.expect_err("no such kernel");
-    assert_clear(&error, since, Duration::from_secs(5), "/nonexistent/vmlinuz");
+    assert_clear(
+        &error,
+        since,
+        Duration::from_secs(5),
+        "/nonexistent/vmlinuz",
+    );
     scope.assert_clean();
 }
 
@@ -305,7 +313,10 @@ async fn a_file_that_is_no_kernel_is_refused() {
     }
     let scope = VmScope::new();
     // A real file that is no kernel.
-    let bogus = scope.parent().join("..").join(format!("bogus-kernel-{}", std::process::id()));
+    let bogus = scope
+        .parent()
+        .join("..")
+        .join(format!("bogus-kernel-{}", std::process::id()));
     std::fs::write(&bogus, b"not a kernel").expect("write");
     let config = BuilderVmConfig {
         kernel: Some(bogus.clone()),
@@ -366,7 +377,12 @@ fn ctrl_c_stops_the_vm_and_leaves_nothing() {
     ]
     .join("\n");
     let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
-        .args(["--exact", "vm_command_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "vm_command_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ARGS, args)
         .env("TMPDIR", scope.parent())
         .stdout(std::process::Stdio::piped())

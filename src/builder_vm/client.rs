@@ -391,7 +391,10 @@ impl AgentClient {
     /// An error for a failure the agent reported about itself (it powers off).
     fn take_agent_failure(&mut self) -> Result<(), Error> {
         let position = self.pending.iter().position(|f| {
-            matches!(f, Frame::Control(AgentMessage::Error(ErrorReport { id: None, .. })))
+            matches!(
+                f,
+                Frame::Control(AgentMessage::Error(ErrorReport { id: None, .. }))
+            )
         });
         if let Some(Frame::Control(AgentMessage::Error(report))) =
             position.and_then(|p| self.pending.remove(p))
@@ -460,7 +463,10 @@ fn unexpected(action: &str, message: &AgentMessage) -> Error {
 }
 
 /// Reads until `buf` is full or the source ends: bigger frames, fewer writes.
-async fn read_some(source: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> std::io::Result<usize> {
+async fn read_some(
+    source: &mut (impl AsyncRead + Unpin),
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match source.read(&mut buf[filled..]).await? {

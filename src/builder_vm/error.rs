@@ -48,7 +48,9 @@ pub enum Error {
     #[error(transparent)]
     Initramfs(#[from] crate::initramfs::InitramfsError),
     /// No free kernel-vsock CID was found.
-    #[error("no free vsock CID after {tries} tries; hint: use --transport vhost-user-vsock or serial")]
+    #[error(
+        "no free vsock CID after {tries} tries; hint: use --transport vhost-user-vsock or serial"
+    )]
     NoFreeCid {
         /// How many CIDs were tried.
         tries: u32,

@@ -26,7 +26,7 @@ use nixdisk_firmware::FirmwareKind;
 use tokio::time::Instant;
 
 use crate::qemu::{
-    self, Accel, DirectBoot, Disk, DiskFormat, Firmware, HostShare, Machine, Qmp, QemuConfig,
+    self, Accel, DirectBoot, Disk, DiskFormat, Firmware, HostShare, Machine, QemuConfig, Qmp,
     RunDir, Supervised,
 };
 use crate::transport::{self, HostCapabilities, Transport, TransportChoice, TransportKind};
@@ -343,7 +343,9 @@ async fn boot_once(
 > {
     let efi = matches!(prepared.firmware, nixdisk_firmware::Firmware::Ovmf(_));
     let firmware = qemu_firmware(&prepared.firmware, dir)?;
-    let share = config.share_host_root.then(|| format!("9p:{HOST_SHARE_TAG}"));
+    let share = config
+        .share_host_root
+        .then(|| format!("9p:{HOST_SHARE_TAG}"));
     let qemu_config = QemuConfig {
         binary: config.qemu_binary.clone(),
         machine: Machine::Q35,
@@ -396,8 +398,7 @@ async fn boot_once(
     });
     let deadline = Instant::now() + timeout;
     let connect = async {
-        let qmp = Qmp::connect(&qemu_config.qmp_socket, Duration::from_secs(30), events_tx)
-            .await?;
+        let qmp = Qmp::connect(&qemu_config.qmp_socket, Duration::from_secs(30), events_tx).await?;
         let client = connect_agent(transport, &watch, deadline).await?;
         Ok::<_, Error>((client, qmp))
     };
@@ -428,7 +429,8 @@ async fn boot_once(
 
 /// Connects to the agent and waits for its hello, retrying while the guest
 /// boots (vsock refuses until the agent listens; a serial port connects at
-/// once and the hello comes when the agent opens it).
+/// once and the hello comes when the agent opens it). The caller bounds it
+/// with the hello deadline and the VM's end.
 async fn connect_agent(
     transport: &Transport,
     watch: &Arc<VmWatch>,
@@ -444,13 +446,6 @@ async fn connect_agent(
                 Err(client::HandshakeError::Fatal(e)) => return Err(e),
             },
             Err(e) => tracing::trace!("agent not reachable yet: {e}"),
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::HelloTimeout {
-                seconds: 0,
-                accel: Accel::Tcg,
-                console_tail: watch.console_tail(),
-            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -503,8 +498,12 @@ pub fn find_agent(explicit: Option<&Path>) -> Result<PathBuf, Error> {
                 .find(|p| p.file_name().is_some_and(|n| n == "target"))
                 .map(Path::to_owned)
         });
-    let candidates =
-        agent_candidates(explicit, env.as_deref(), exe.as_deref(), target_dir.as_deref());
+    let candidates = agent_candidates(
+        explicit,
+        env.as_deref(),
+        exe.as_deref(),
+        target_dir.as_deref(),
+    );
     let found = candidates
         .iter()
         .find(|p| p.is_file())

@@ -106,7 +106,10 @@ mod tests {
 
     #[test]
     fn auto_tries_kvm_first_only_when_it_opens() {
-        assert_eq!(accel_attempts(AccelChoice::Auto, true), [Accel::Kvm, Accel::Tcg]);
+        assert_eq!(
+            accel_attempts(AccelChoice::Auto, true),
+            [Accel::Kvm, Accel::Tcg]
+        );
         assert_eq!(accel_attempts(AccelChoice::Auto, false), [Accel::Tcg]);
         assert_eq!(accel_attempts(AccelChoice::Kvm, false), [Accel::Kvm]);
         assert_eq!(accel_attempts(AccelChoice::Tcg, true), [Accel::Tcg]);
@@ -140,7 +143,12 @@ mod tests {
     fn agent_candidates_in_order() {
         let exe = Path::new("/w/target/debug/deps/builder_vm-123");
         assert_eq!(
-            agent_candidates(None, Some(Path::new("/env/agent")), Some(exe), Some(Path::new("/w/target"))),
+            agent_candidates(
+                None,
+                Some(Path::new("/env/agent")),
+                Some(exe),
+                Some(Path::new("/w/target"))
+            ),
             [
                 PathBuf::from("/env/agent"),
                 "/w/target/x86_64-unknown-linux-gnu/release/nixdisk-agent".into(),
@@ -148,7 +156,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            agent_candidates(Some(Path::new("/a")), Some(Path::new("/env/agent")), Some(exe), None),
+            agent_candidates(
+                Some(Path::new("/a")),
+                Some(Path::new("/env/agent")),
+                Some(exe),
+                None
+            ),
             [PathBuf::from("/a")]
         );
     }

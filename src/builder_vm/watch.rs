@@ -41,7 +41,9 @@ pub struct VmWatch {
 
 impl std::fmt::Debug for VmWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VmWatch").field("console", &self.console).finish()
+        f.debug_struct("VmWatch")
+            .field("console", &self.console)
+            .finish()
     }
 }
 
@@ -93,7 +95,8 @@ impl VmWatch {
         }
         let end = {
             let mut qemu = lock(&self.qemu);
-            qemu.try_exit().map(|status| qemu.exited_error(status).to_string())
+            qemu.try_exit()
+                .map(|status| qemu.exited_error(status).to_string())
         }
         .map(|detail| {
             let console = self.console.contents();

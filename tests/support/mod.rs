@@ -131,7 +131,11 @@ impl TestVm {
     pub async fn wait_for_console(&self, marker: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.vm.as_ref().is_some_and(|vm| vm.console().contains(marker)) {
+            if self
+                .vm
+                .as_ref()
+                .is_some_and(|vm| vm.console().contains(marker))
+            {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -175,7 +179,11 @@ pub fn processes_mentioning(path: &Path) -> Vec<(u32, String)> {
     let needle = path.to_string_lossy().into_owned();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
