@@ -6,6 +6,8 @@
 //! image -> [`convert`] -> [`output`]. Store-only images take the short way
 //! through [`store_image`] with no VM.
 
+pub mod boot_command;
+pub mod boot_test;
 pub mod build;
 pub mod builder_vm;
 pub mod cli;

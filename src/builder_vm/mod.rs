@@ -429,7 +429,8 @@ async fn boot_once(
 
 /// Connects to the agent and waits for its hello, retrying while the guest
 /// boots (vsock refuses until the agent listens; a serial port connects at
-/// once and the hello comes when the agent opens it).
+/// once and the hello comes when the agent opens it). The caller bounds it
+/// with the hello deadline and the VM's end.
 async fn connect_agent(
     transport: &Transport,
     watch: &Arc<VmWatch>,
@@ -445,13 +446,6 @@ async fn connect_agent(
                 Err(client::HandshakeError::Fatal(e)) => return Err(e),
             },
             Err(e) => tracing::trace!("agent not reachable yet: {e}"),
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::HelloTimeout {
-                seconds: 0,
-                accel: Accel::Tcg,
-                console_tail: watch.console_tail(),
-            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -292,7 +292,7 @@ impl QemuConfig {
 }
 
 /// `-drive` options followed by `file=<path>` (commas in the path doubled).
-fn drive_option(options: &str, path: &std::path::Path) -> OsString {
+pub(crate) fn drive_option(options: &str, path: &std::path::Path) -> OsString {
     let mut s = OsString::from(options);
     s.push(",file=");
     s.push(escape_commas(path.as_os_str()));
@@ -300,7 +300,7 @@ fn drive_option(options: &str, path: &std::path::Path) -> OsString {
 }
 
 /// QEMU's option syntax escapes a comma inside a value by doubling it.
-fn escape_commas(value: &std::ffi::OsStr) -> OsString {
+pub(crate) fn escape_commas(value: &std::ffi::OsStr) -> OsString {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let mut out = Vec::with_capacity(value.len());
     for &b in value.as_bytes() {

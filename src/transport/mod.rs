@@ -43,7 +43,8 @@ pub enum TransportKind {
 
 impl std::fmt::Display for TransportKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        // pad: honours width and alignment in tables (the benchmark's).
+        f.pad(match self {
             TransportKind::KernelVsock => "vsock",
             TransportKind::VhostUserVsock => "vhost-user-vsock",
             TransportKind::VirtioSerial => "serial",
