@@ -7,12 +7,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::signal::unix::SignalKind;
 
 use crate::builder_vm::{AccelChoice, BuilderVm, BuilderVmConfig, OutputStream};
 use crate::transport::{TransportChoice, TransportKind};
 
 /// The exit status after Ctrl-C (128 + SIGINT), as shells report it.
 pub const EXIT_INTERRUPTED: i32 = 130;
+/// The exit status after SIGTERM (128 + 15).
+pub const EXIT_TERMINATED: i32 = 143;
 
 /// Firmware for `--firmware`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -107,24 +110,32 @@ impl VmArgs {
     }
 }
 
-/// Runs `nixdisk vm`: the command's exit status, or 130 after Ctrl-C (the
-/// VM and its helpers killed and the run directory removed first).
+/// Runs `nixdisk vm`: the command's exit status, or 130 after Ctrl-C and
+/// 143 after SIGTERM (the VM and its helpers killed and the run directory
+/// removed first).
 pub fn run(args: VmArgs) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
-        // Registered before anything starts, so no Ctrl-C kills us half-way.
+        // Registered before anything starts, so no Ctrl-C or SIGTERM (from
+        // `timeout`, CI, a service manager) kills us half-way and orphans QEMU.
+        let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
         let interrupted = tokio::signal::ctrl_c();
+        // Dropping boot_and_run's future drops the VM: QEMU and the daemon
+        // are killed and the run directory is removed before we return.
         tokio::select! {
             result = boot_and_run(&args) => result,
             signal = interrupted => {
                 signal.context("cannot listen for Ctrl-C")?;
-                // Dropping boot_and_run's future dropped the VM: QEMU and the
-                // daemon are dead and the run directory is gone.
                 tracing::warn!("interrupted: the builder VM was stopped and cleaned up");
                 Ok(EXIT_INTERRUPTED)
+            }
+            _ = terminate.recv() => {
+                tracing::warn!("terminated: the builder VM was stopped and cleaned up");
+                Ok(EXIT_TERMINATED)
             }
         }
     });

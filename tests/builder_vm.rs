@@ -360,6 +360,18 @@ fn vm_command_child() {
 
 #[test]
 fn ctrl_c_stops_the_vm_and_leaves_nothing() {
+    interrupt_nixdisk_vm(rustix::process::Signal::INT, 130);
+}
+
+#[test]
+fn sigterm_stops_the_vm_and_leaves_nothing() {
+    interrupt_nixdisk_vm(rustix::process::Signal::TERM, 143);
+}
+
+/// Starts `nixdisk vm -- sh -c 'echo ready; sleep 100'` as a child process,
+/// sends `signal` once the command runs, and checks the exit status and that
+/// nothing is left.
+fn interrupt_nixdisk_vm(signal: rustix::process::Signal, expected: i32) {
     use std::io::BufRead;
     if !support::require_vm_tools() {
         return;
@@ -410,18 +422,18 @@ fn ctrl_c_stops_the_vm_and_leaves_nothing() {
         "QEMU runs with its run directory in the scope"
     );
     let since = Instant::now();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    rustix::process::kill_process(pid, signal).expect("the signal is sent");
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
         }
         if since.elapsed() > Duration::from_secs(15) {
             let _ = child.kill();
-            panic!("the child did not exit within 15 s of SIGINT");
+            panic!("the child did not exit within 15 s of {signal:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     eprintln!("exited {status} after {:?}", since.elapsed());
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(status.code(), Some(expected));
     scope.assert_clean();
 }
