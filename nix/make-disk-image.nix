@@ -189,6 +189,8 @@ let
     rootGPUID = rootGPUID;
     rootFSUID = rootFSUID;
     configFile = if configFile == null then null else "${configFile}";
+    # nixdisk's own: store images may carry their registration (extraSpec).
+    nixPathRegistration = false;
   }
   // extraSpec;
 

@@ -69,6 +69,11 @@ pub enum Command {
     /// Shows what the builder sees: `nixdisk vm -- ls /dev`, `nixdisk vm
     /// --firmware ovmf -- ls /sys/firmware/efi`.
     Vm(crate::vm_command::VmArgs),
+    /// Boot a disk image (any format nixdisk writes) and succeed when the
+    /// console shows a text: the tool for bootloader tests.
+    ///
+    /// The image is never changed: the VM writes to a throwaway overlay.
+    Boot(crate::boot_command::BootArgs),
 }
 
 /// `nixdisk build`.
@@ -211,6 +216,11 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             // Exit statuses are 0-255; a signal death is already 128 + n.
             .map(|code| u8::try_from(code).unwrap_or(1))
             .map_err(CliError::build_failure),
+        Command::Boot(args) => {
+            crate::boot_command::run(crate::boot_command::BootArgs { verbose, ..args })
+                .map(|code| u8::try_from(code).unwrap_or(1))
+                .map_err(CliError::build_failure)
+        }
     }
 }
 

@@ -8,14 +8,14 @@
 #   kernel       store path holding bzImage, version, lib/modules/{...,load-order}
 #   systemdBoot  store path holding systemd-bootx64.efi
 #   grub         store path holding bin/, lib/ (with ld-linux) and lib/grub/i386-pc
-#   grubEfi      store path holding lib/grub/x86_64-efi
+#   grubEfi      store path holding lib/grub/x86_64-efi (only for grub-efi, grub-both)
 #   marker       text the booted system prints; tells generations apart
 #   bootloader   "systemd-boot", "grub" (BIOS), "both" (systemd-boot and GRUB
 #                for BIOS), "grub-efi", or "grub-both" (GRUB for BIOS and EFI)
 #   grubDevice   the disk GRUB is installed to (nixdisk links it to the target)
 #   label        file-system label of the root the initrd mounts by default
 #   brokenSwitch "1" for a system whose switch-to-configuration fails
-{ busybox, kernel, systemdBoot, grub, grubEfi
+{ busybox, kernel, systemdBoot, grub, grubEfi ? null
 , marker ? "example", bootloader ? "both", grubDevice ? "/dev/vda", label ? "nixos"
 , brokenSwitch ? "" }:
 
