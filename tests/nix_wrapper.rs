@@ -412,7 +412,6 @@ fn the_package_builds_the_host_binary_and_a_static_agent() {
 /// with the real nixdisk (the cargo build) and the host's kernel for the
 /// builder VM, gives make-disk-image's outputs.
 #[test]
-#[ignore = "needs the build pipeline wired into build::run; run with --ignored"]
 fn nix_build_makes_the_image_with_nixdisk() {
     let stand_in = StandIn::new();
     let example = nix_support::ExampleSystem::build("nix-wrapper-image");
