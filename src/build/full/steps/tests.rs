@@ -70,7 +70,7 @@ fn efi_formats_and_mounts_the_esp_at_boot() {
     assert!(steps[0].script.contains("mount /dev/vda2 /mnt/root\n"));
     assert_eq!(
         steps[2].script,
-        "mkdir -p /mnt/root/boot\nmount /dev/vda1 /mnt/root/boot\n"
+        "mkdir -p /mnt/root/boot\nmount -t vfat -o codepage=437,iocharset=iso8859-1 /dev/vda1 /mnt/root/boot\n"
     );
 }
 
@@ -79,8 +79,8 @@ fn efixbootldr_mounts_esp_at_efi_and_xbootldr_at_boot() {
     let steps = steps_for(PartitionTableType::EfiXbootldr, &inputs());
     assert_eq!(
         steps[2].script,
-        "mkdir -p /mnt/root/boot\nmount /dev/vda2 /mnt/root/boot\n\
-         mkdir -p /mnt/root/efi\nmount /dev/vda1 /mnt/root/efi\n"
+        "mkdir -p /mnt/root/boot\nmount -t vfat -o codepage=437,iocharset=iso8859-1 /dev/vda2 /mnt/root/boot\n\
+         mkdir -p /mnt/root/efi\nmount -t vfat -o codepage=437,iocharset=iso8859-1 /dev/vda1 /mnt/root/efi\n"
     );
 }
 
