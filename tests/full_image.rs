@@ -415,3 +415,29 @@ fn assert_no_builder_vm_left(attempt: &Attempt) {
         );
     }
 }
+
+#[test]
+fn two_deterministic_builds_are_byte_identical() {
+    // legacy+boot: an ext4 root and a FAT /boot, both written by the guest.
+    let toplevel = example_system(&["--bootloader", "grub"]);
+    let args = [
+        "--system",
+        toplevel.to_str().expect("UTF-8"),
+        "--partition-table",
+        "legacy+boot",
+    ];
+    let first = build_ok(&args, "img");
+    let second = build_ok(&args, "img");
+    let digest = |image: &Path| {
+        build::run(std::process::Command::new("sha256sum").arg(image))
+            .split_whitespace()
+            .next()
+            .expect("a digest")
+            .to_owned()
+    };
+    assert_eq!(
+        digest(&first.image),
+        digest(&second.image),
+        "two builds of the same spec"
+    );
+}

@@ -6,7 +6,9 @@
 //! -> size -> partition table written into the raw image -> staging tree sent
 //! as a tar. Guest side: the scripts of [`steps`], one per phase.
 
+mod fat_times;
 mod steps;
+mod times;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +20,7 @@ use crate::install::{self, InstallError};
 use crate::layout::{self, LayoutError, PartitionTable};
 use crate::qemu::{Disk, DiskFormat};
 use crate::sizing::{self, FsSize, SizingError, TreeStats};
-use crate::spec::{DiskSize, ImageSpec};
+use crate::spec::{DiskSize, FsType, ImageSpec};
 
 pub use steps::{Step, StepInputs, plan_steps};
 
@@ -89,6 +91,12 @@ pub enum FullImageError {
     /// The builder VM failed.
     #[error("the builder VM failed")]
     Vm(#[from] builder_vm::Error),
+    /// The fixed times of a deterministic ext4 root could not be set.
+    #[error("could not set the fixed times of the root file system: {detail}")]
+    Times {
+        /// What went wrong.
+        detail: String,
+    },
     /// An install step failed in the builder VM.
     #[error(
         "install step `{step}` failed in the builder VM ({status})\n{output}\n--- guest console (last lines) ---\n{console}"
@@ -157,6 +165,20 @@ pub fn build(
         efi_vars: efi_vars.as_deref(),
     };
     runtime.block_on(run_in_vm(spec, &vm_files, &steps))?;
+    if spec.deterministic && matches!(spec.fs_type, FsType::Ext4 | FsType::Ext3 | FsType::Ext2) {
+        let offset = match table.kind {
+            layout::TableKind::None => 0,
+            _ => table.root().start,
+        };
+        times::fix_ext4_times(raw, offset, work)?;
+    }
+    if spec.deterministic {
+        for partition in &table.partitions {
+            if partition.role != layout::Role::Root && partition.fs_type == Some(FsType::Vfat) {
+                fat_times::fix_fat_times(raw, partition.start)?;
+            }
+        }
+    }
     Ok(efi_vars)
 }
 
@@ -303,6 +325,9 @@ async fn run_in_vm(
             nixdisk_firmware::FirmwareKind::Bios
         },
         memory_mib: spec.mem_size,
+        // One vCPU for deterministic builds: ext4 allocates from per-CPU
+        // groups, so a second CPU makes block placement depend on scheduling.
+        smp: if spec.deterministic { 1 } else { 2 },
         disks: vec![Disk {
             path: files.raw.to_owned(),
             format: DiskFormat::Raw,

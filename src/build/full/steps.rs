@@ -145,9 +145,16 @@ fn mkfs_script(spec: &ImageSpec, table: &PartitionTable, inputs: &StepInputs) ->
         };
         let _ = writeln!(script, "{line} >/dev/null");
     }
+    // Deterministic ext4: blocks are allocated as they are written, in copy
+    // order, not when writeback happens to run.
+    let options = if spec.deterministic && spec.fs_type == FsType::Ext4 {
+        "-o nodelalloc "
+    } else {
+        ""
+    };
     let _ = writeln!(
         script,
-        "mkdir -p {TARGET_ROOT}\nmount {} {TARGET_ROOT}",
+        "mkdir -p {TARGET_ROOT}\nmount {options}{} {TARGET_ROOT}",
         partition_device(if table.kind == TableKind::None {
             0
         } else {
