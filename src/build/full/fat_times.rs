@@ -176,12 +176,9 @@ impl Fat<'_> {
         let mut more = true;
         let mut subdirs = Vec::new();
         for entry in buf.chunks_exact_mut(ENTRY) {
-            match entry[0] {
-                0x00 => {
-                    more = false;
-                    break;
-                }
-                _ => {}
+            if entry[0] == 0x00 {
+                more = false;
+                break;
             }
             let attr = entry[11];
             if attr == ATTR_LONG_NAME {
