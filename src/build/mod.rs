@@ -90,6 +90,11 @@ fn finish(
     output.add_hydra_build_product(&spec.base_name, spec.format)?;
     if let Some(vars) = efi_vars {
         output.add_efi_vars(vars)?;
+        // The builder's copy (in the output's work directory) is not a product.
+        std::fs::remove_file(vars).map_err(|source| BuildError::Scratch {
+            path: vars.to_owned(),
+            source,
+        })?;
     }
     output.run_post_vm(&spec.post_vm, &image)?;
     let published = output.finish()?;

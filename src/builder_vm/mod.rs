@@ -35,6 +35,9 @@ use watch::VmWatch;
 /// The 9p tag the host's root is shared under.
 pub const HOST_SHARE_TAG: &str = "nixdisk-host";
 
+/// The private copy of the OVMF variables in an attempt's directory.
+const OVMF_VARS_FILE: &str = "OVMF_VARS.fd";
+
 /// How long a working KVM may take to reach hello before `--accel auto`
 /// gives up on it (a working KVM needs a second or two).
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -246,6 +249,33 @@ impl BuilderVm {
     /// not happen within `timeout`, tells QEMU to quit. Everything is cleaned
     /// up either way when `self` drops.
     pub async fn shutdown(mut self, timeout: Duration) -> Result<(), Error> {
+        self.power_off(timeout).await
+    }
+
+    /// The OVMF variables file QEMU runs with (UEFI builders only): what the
+    /// guest wrote to the EFI variables, complete once QEMU has exited.
+    pub fn efi_vars_path(&self) -> Option<PathBuf> {
+        let vars = self.attempt_dir.join(OVMF_VARS_FILE);
+        vars.is_file().then_some(vars)
+    }
+
+    /// Like [`BuilderVm::shutdown`], then copies the OVMF variables file to
+    /// `keep` before the run directory goes (`touchEFIVars`). Fails when the
+    /// VM has no variables file (a BIOS builder).
+    pub async fn shutdown_and_keep_efi_vars(
+        mut self,
+        timeout: Duration,
+        keep: &Path,
+    ) -> Result<(), Error> {
+        self.power_off(timeout).await?;
+        // After a forced quit QEMU may still be flushing: let it exit first.
+        let _ = self.watch.ended_within(Duration::from_secs(10)).await;
+        let vars = self.attempt_dir.join(OVMF_VARS_FILE);
+        std::fs::copy(&vars, keep).map_err(|source| Error::Io { path: vars, source })?;
+        Ok(())
+    }
+
+    async fn power_off(&mut self, timeout: Duration) -> Result<(), Error> {
         let asked = self.client.power_off().await;
         if let Err(e) = &asked {
             tracing::debug!("power-off request failed: {e}");
@@ -458,7 +488,7 @@ fn qemu_firmware(firmware: &nixdisk_firmware::Firmware, dir: &Path) -> Result<Fi
             bios: s.path.clone(),
         }),
         nixdisk_firmware::Firmware::Ovmf(o) => {
-            let vars = dir.join("OVMF_VARS.fd");
+            let vars = dir.join(OVMF_VARS_FILE);
             o.prepare_vars(&vars)?;
             let format = |path: &Path, name: &str| {
                 DiskFormat::from_name(name).ok_or_else(|| Error::FirmwareFormat {

@@ -6,7 +6,9 @@
 //! -> size -> partition table written into the raw image -> staging tree sent
 //! as a tar. Guest side: the scripts of [`steps`], one per phase.
 
+mod fat_times;
 mod steps;
+mod times;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,13 +20,16 @@ use crate::install::{self, InstallError};
 use crate::layout::{self, LayoutError, PartitionTable};
 use crate::qemu::{Disk, DiskFormat};
 use crate::sizing::{self, FsSize, SizingError, TreeStats};
-use crate::spec::{DiskSize, ImageSpec};
+use crate::spec::{DiskSize, FsType, ImageSpec};
 
 pub use steps::{Step, StepInputs, plan_steps};
 
 /// Bytes set aside per generation for kernels and initrds the bootloader
 /// copies onto the root file system when /boot is not its own partition.
 const BOOT_FILES_ALLOWANCE: u64 = 8 * 1024 * 1024;
+/// Where the EFI variables are kept in the output's work directory until the
+/// output takes them as `efi-vars.fd`.
+const EFI_VARS_SCRATCH: &str = ".efi-vars.fd";
 /// How long the builder VM may take to power off after the last step.
 const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(60);
 /// Environment variable naming the GRUB devices of the system (space
@@ -86,6 +91,12 @@ pub enum FullImageError {
     /// The builder VM failed.
     #[error("the builder VM failed")]
     Vm(#[from] builder_vm::Error),
+    /// The fixed times of a deterministic ext4 root could not be set.
+    #[error("could not set the fixed times of the root file system: {detail}")]
+    Times {
+        /// What went wrong.
+        detail: String,
+    },
     /// An install step failed in the builder VM.
     #[error(
         "install step `{step}` failed in the builder VM ({status})\n{output}\n--- guest console (last lines) ---\n{console}"
@@ -123,6 +134,7 @@ pub fn build(
         .prefix(".nixdisk-work-")
         .tempdir_in(work)
         .map_err(io("could not create a scratch directory in", work))?;
+    let efi_vars = spec.touch_efi_vars.then(|| work.join(EFI_VARS_SCRATCH));
     let work = scratch.path();
     let staging = work.join("image-root");
     install::materialise(&plan.root, &staging)?;
@@ -146,8 +158,28 @@ pub fn build(
         .enable_all()
         .build()
         .map_err(io("could not start the async runtime for", work))?;
-    runtime.block_on(run_in_vm(spec, raw, &tar, &paths_file, &steps))?;
-    Ok(None)
+    let vm_files = VmFiles {
+        raw,
+        tar: &tar,
+        paths_file: &paths_file,
+        efi_vars: efi_vars.as_deref(),
+    };
+    runtime.block_on(run_in_vm(spec, &vm_files, &steps))?;
+    if spec.deterministic && matches!(spec.fs_type, FsType::Ext4 | FsType::Ext3 | FsType::Ext2) {
+        let offset = match table.kind {
+            layout::TableKind::None => 0,
+            _ => table.root().start,
+        };
+        times::fix_ext4_times(raw, offset, work)?;
+    }
+    if spec.deterministic {
+        for partition in &table.partitions {
+            if partition.role != layout::Role::Root && partition.fs_type == Some(FsType::Vfat) {
+                fat_times::fix_fat_times(raw, partition.start)?;
+            }
+        }
+    }
+    Ok(efi_vars)
 }
 
 /// The systems to install, oldest first, each checked to be a toplevel.
@@ -175,7 +207,7 @@ fn grub_devices() -> Vec<PathBuf> {
 
 /// The root file system's size: the store, the staged root, room for the
 /// bootloader's copies of kernels where /boot lives on root, plus
-/// additionalSpace (auto), or a check that a fixed disk holds it.
+/// additionalSpace when the disk size is auto.
 fn size_root(
     spec: &ImageSpec,
     closure: &Closure,
@@ -196,7 +228,13 @@ fn size_root(
         0
     };
     let block = sizing::default_block_size(spec.fs_type);
-    let extra = spec.additional_space.bytes() + boot_files;
+    // additionalSpace is what auto adds; a fixed disk is checked against
+    // what the root holds, as make-disk-image does.
+    let additional = match spec.disk_size {
+        DiskSize::Auto => spec.additional_space.bytes(),
+        DiskSize::Fixed(_) => 0,
+    };
+    let extra = additional + boot_files;
     let size = sizing::fs_size(spec.fs_type, &stats, extra, block)?;
     tracing::info!("root file system size:\n{}", size.breakdown);
     Ok(size)
@@ -219,12 +257,10 @@ fn lay_out(spec: &ImageSpec, size: &FsSize) -> Result<PartitionTable, FullImageE
         DiskSize::Fixed(fixed) => fixed.bytes(),
     };
     let table = layout::plan(spec, disk_size)?;
-    // additionalSpace is what auto adds; a fixed disk must hold the contents.
-    let needed = size.bytes.saturating_sub(spec.additional_space.bytes());
     let available = table.root().size;
-    if available < needed {
+    if available < size.bytes {
         return Err(FullImageError::DoesNotFit {
-            needed,
+            needed: size.bytes,
             disk_size,
             available,
             minimum_disk: needed_disk,
@@ -265,11 +301,21 @@ fn pack(staging: &Path, tar: &Path) -> Result<(), FullImageError> {
     Ok(())
 }
 
+/// The host files of one builder VM run.
+struct VmFiles<'a> {
+    /// The target disk.
+    raw: &'a Path,
+    /// The staging tree's tar.
+    tar: &'a Path,
+    /// The list of store paths to copy.
+    paths_file: &'a Path,
+    /// Where the OVMF variables go after the run (`touchEFIVars`).
+    efi_vars: Option<&'a Path>,
+}
+
 async fn run_in_vm(
     spec: &ImageSpec,
-    raw: &Path,
-    tar: &Path,
-    paths_file: &Path,
+    files: &VmFiles<'_>,
     steps: &[Step],
 ) -> Result<(), FullImageError> {
     let config = BuilderVmConfig {
@@ -279,8 +325,11 @@ async fn run_in_vm(
             nixdisk_firmware::FirmwareKind::Bios
         },
         memory_mib: spec.mem_size,
+        // One vCPU for deterministic builds: ext4 allocates from per-CPU
+        // groups, so a second CPU makes block placement depend on scheduling.
+        smp: if spec.deterministic { 1 } else { 2 },
         disks: vec![Disk {
-            path: raw.to_owned(),
+            path: files.raw.to_owned(),
             format: DiskFormat::Raw,
         }],
         stream_console: tracing::enabled!(tracing::Level::DEBUG),
@@ -297,7 +346,10 @@ async fn run_in_vm(
         transport = ?vm.transport(),
         "builder VM ready"
     );
-    for (file, guest) in [(paths_file, steps::PATHS_FILE), (tar, steps::STAGING_TAR)] {
+    for (file, guest) in [
+        (files.paths_file, steps::PATHS_FILE),
+        (files.tar, steps::STAGING_TAR),
+    ] {
         let source = tokio::fs::File::open(file)
             .await
             .map_err(io("could not open", file))?;
@@ -334,7 +386,13 @@ async fn run_in_vm(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    vm.shutdown(POWER_OFF_TIMEOUT).await?;
+    match files.efi_vars {
+        Some(keep) => {
+            vm.shutdown_and_keep_efi_vars(POWER_OFF_TIMEOUT, keep)
+                .await?
+        }
+        None => vm.shutdown(POWER_OFF_TIMEOUT).await?,
+    }
     Ok(())
 }
 

@@ -21,6 +21,11 @@ pub const PATHS_FILE: &str = "/mnt/store-paths";
 /// Where the host sends the tar of the image root staging tree.
 pub const STAGING_TAR: &str = "/mnt/image-root.tar";
 
+/// How boot partitions (all FAT) are mounted: the kernel's default
+/// character set (`ascii`) is a module the builder does not load, so name
+/// the ones it does (`nls_cp437`, `nls_iso8859_1`).
+const FAT_MOUNT_OPTIONS: &str = "-t vfat -o codepage=437,iocharset=iso8859-1";
+
 /// One install step: a name for progress and errors, and its script.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -140,9 +145,16 @@ fn mkfs_script(spec: &ImageSpec, table: &PartitionTable, inputs: &StepInputs) ->
         };
         let _ = writeln!(script, "{line} >/dev/null");
     }
+    // Deterministic ext4: blocks are allocated as they are written, in copy
+    // order, not when writeback happens to run.
+    let options = if spec.deterministic && spec.fs_type == FsType::Ext4 {
+        "-o nodelalloc "
+    } else {
+        ""
+    };
     let _ = writeln!(
         script,
-        "mkdir -p {TARGET_ROOT}\nmount {} {TARGET_ROOT}",
+        "mkdir -p {TARGET_ROOT}\nmount {options}{} {TARGET_ROOT}",
         partition_device(if table.kind == TableKind::None {
             0
         } else {
@@ -208,7 +220,7 @@ fn mount_boot_script(table: &PartitionTable) -> String {
         let target = format!("{TARGET_ROOT}{mount_point}");
         let _ = writeln!(
             script,
-            "mkdir -p {target}\nmount {} {target}",
+            "mkdir -p {target}\nmount {FAT_MOUNT_OPTIONS} {} {target}",
             partition_device(number)
         );
     }

@@ -49,7 +49,7 @@ fn legacy_makes_root_mounts_it_and_installs_the_bootloader() {
         steps[0].script,
         "E2FSPROGS_FAKE_TIME=1 mke2fs -F -t ext4 -N 96 -L nixos \
          -U f222513b-ded1-49fa-b591-20ce86a2fe7f -E hash_seed=f222513b-ded1-49fa-b591-20ce86a2fe7f \
-         /dev/vda1 >/dev/null\nmkdir -p /mnt/root\nmount /dev/vda1 /mnt/root\n"
+         /dev/vda1 >/dev/null\nmkdir -p /mnt/root\nmount -o nodelalloc /dev/vda1 /mnt/root\n"
     );
     assert_eq!(steps[2].script, ":\n");
     assert!(steps[3].script.ends_with(
@@ -67,10 +67,14 @@ fn efi_formats_and_mounts_the_esp_at_boot() {
         steps[0].script
     );
     assert!(steps[0].script.contains(" /dev/vda1 >/dev/null\n"));
-    assert!(steps[0].script.contains("mount /dev/vda2 /mnt/root\n"));
+    assert!(
+        steps[0]
+            .script
+            .contains("mount -o nodelalloc /dev/vda2 /mnt/root\n")
+    );
     assert_eq!(
         steps[2].script,
-        "mkdir -p /mnt/root/boot\nmount /dev/vda1 /mnt/root/boot\n"
+        "mkdir -p /mnt/root/boot\nmount -t vfat -o codepage=437,iocharset=iso8859-1 /dev/vda1 /mnt/root/boot\n"
     );
 }
 
@@ -79,8 +83,8 @@ fn efixbootldr_mounts_esp_at_efi_and_xbootldr_at_boot() {
     let steps = steps_for(PartitionTableType::EfiXbootldr, &inputs());
     assert_eq!(
         steps[2].script,
-        "mkdir -p /mnt/root/boot\nmount /dev/vda2 /mnt/root/boot\n\
-         mkdir -p /mnt/root/efi\nmount /dev/vda1 /mnt/root/efi\n"
+        "mkdir -p /mnt/root/boot\nmount -t vfat -o codepage=437,iocharset=iso8859-1 /dev/vda2 /mnt/root/boot\n\
+         mkdir -p /mnt/root/efi\nmount -t vfat -o codepage=437,iocharset=iso8859-1 /dev/vda1 /mnt/root/efi\n"
     );
 }
 
@@ -88,7 +92,11 @@ fn efixbootldr_mounts_esp_at_efi_and_xbootldr_at_boot() {
 fn none_uses_the_whole_disk() {
     let steps = steps_for(PartitionTableType::None, &inputs());
     assert!(steps[0].script.contains(" /dev/vda >/dev/null\n"));
-    assert!(steps[0].script.ends_with("mount /dev/vda /mnt/root\n"));
+    assert!(
+        steps[0]
+            .script
+            .ends_with("mount -o nodelalloc /dev/vda /mnt/root\n")
+    );
 }
 
 #[test]
@@ -130,4 +138,13 @@ fn quoting() {
     assert_eq!(quote("a b"), "'a b'");
     assert_eq!(quote("it's"), r"'it'\''s'");
     assert_eq!(quote(""), "''");
+}
+
+#[test]
+fn only_deterministic_ext4_is_mounted_without_delayed_allocation() {
+    let mut spec = spec(PartitionTableType::None);
+    spec.deterministic = false;
+    let table = layout::plan(&spec, 1 << 30).unwrap();
+    let steps = plan_steps(&spec, &table, &inputs());
+    assert!(steps[0].script.ends_with("\nmount /dev/vda /mnt/root\n"));
 }
