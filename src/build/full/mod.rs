@@ -374,7 +374,7 @@ async fn run_in_vm(
             return Err(FullImageError::Step {
                 step: step.name,
                 status: format!("exit status {code}"),
-                output: tail(&output, 20),
+                output: crate::convert::stderr_tail(&output, 20),
                 console: vm.console(),
             });
         }
@@ -394,11 +394,4 @@ async fn run_in_vm(
         None => vm.shutdown(POWER_OFF_TIMEOUT).await?,
     }
     Ok(())
-}
-
-/// The last `lines` lines of a command's output.
-fn tail(output: &[u8], lines: usize) -> String {
-    let text = String::from_utf8_lossy(output);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
