@@ -53,9 +53,11 @@ pub struct BootArgs {
     /// Guest RAM in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     pub mem: u64,
-    /// Boot systemd-boot entry N instead of the default:
-    /// loader/entries/nixos-generation-N.conf if present, else the N-th
-    /// entry in version order (set as `default` on the overlay only).
+    /// Boot entry N instead of the default, on the overlay only. GRUB (BIOS,
+    /// or EFI without systemd-boot): `next_entry=nixos-generation-N` in
+    /// grubenv, else the N-th menu entry. systemd-boot: `default` in
+    /// loader.conf, loader/entries/nixos-generation-N.conf if present, else
+    /// the N-th entry in version order.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub entry: Option<u32>,
     /// Show the QEMU command line and stream the console. The top-level

@@ -74,6 +74,13 @@ pub enum Command {
     ///
     /// The image is never changed: the VM writes to a throwaway overlay.
     Boot(crate::boot_command::BootArgs),
+    /// Change the generations of an image: add a system as the next one,
+    /// choose the default, remove generations and collect their store paths.
+    ///
+    /// Works on a copy beside the image in one builder VM run (the system's
+    /// own bootloader installation runs again) and renames it over the image
+    /// only when everything succeeded.
+    AddGeneration(crate::generation_command::AddGenerationArgs),
 }
 
 /// `nixdisk build`.
@@ -221,6 +228,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
                 .map(|code| u8::try_from(code).unwrap_or(1))
                 .map_err(CliError::build_failure)
         }
+        Command::AddGeneration(args) => crate::generation_command::run(&args).map(|()| 0),
     }
 }
 

@@ -14,6 +14,8 @@ pub mod cli;
 pub mod closure;
 pub mod convert;
 pub mod flake;
+pub mod generation;
+pub mod generation_command;
 pub mod initramfs;
 pub mod install;
 pub mod kernel;

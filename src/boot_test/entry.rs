@@ -1,4 +1,6 @@
-//! `--entry N`: boot a chosen systemd-boot entry instead of the default.
+//! `--entry N`: boot a chosen entry instead of the default. On SeaBIOS the
+//! bootloader is GRUB ([`super::entry_grub`]); on OVMF, systemd-boot (this
+//! module), or GRUB for EFI when the ESP has no systemd-boot entries.
 //!
 //! The choice is written where systemd-boot reads it, on the throwaway
 //! overlay only: `default <entry>` in the ESP's `loader/loader.conf`. The ESP
@@ -11,9 +13,7 @@
 //! N-th entry file in version order (`entry-2.conf` before `entry-10.conf`).
 //!
 //! Not done here: an `LoaderEntryDefault`/`LoaderEntryOneShot` EFI variable
-//! would need an OVMF variable-store writer, and GRUB images would need
-//! `saved_entry` in `grub/grubenv` (which only counts when grub.cfg runs
-//! `load_env`); both are left for later.
+//! would need an OVMF variable-store writer.
 
 use std::cmp::Ordering;
 use std::ffi::OsStr;
@@ -25,6 +25,7 @@ use super::probe::{self, GptEntry};
 use super::run::tool;
 use crate::layout::{ESP_TYPE, XBOOTLDR_TYPE};
 use crate::qemu::RunDir;
+use nixdisk_firmware::FirmwareKind;
 
 /// The granularity of the write-back into the overlay.
 pub const CHUNK: usize = 64 * 1024;
@@ -131,8 +132,30 @@ fn read_full<R: Read>(reader: &mut R, buf: &mut [u8]) -> std::io::Result<usize> 
     Ok(filled)
 }
 
-/// Makes systemd-boot on `overlay` (qcow2) boot entry `n` by default.
+/// Makes the bootloader `firmware` starts on `overlay` (qcow2) boot entry
+/// `n`: GRUB's on BIOS; systemd-boot's on UEFI, else GRUB for EFI's.
 pub(super) async fn select_on_overlay(
+    qemu_img: &Path,
+    overlay: &Path,
+    n: u32,
+    firmware: FirmwareKind,
+    run: &RunDir,
+) -> Result<(), BootError> {
+    if firmware == FirmwareKind::Bios {
+        return super::entry_grub::select_on_overlay(qemu_img, overlay, n, run).await;
+    }
+    match select_systemd_boot(qemu_img, overlay, n, run).await {
+        Err(systemd_boot @ BootError::Entry { .. }) => {
+            super::entry_grub::select_on_overlay(qemu_img, overlay, n, run)
+                .await
+                .map_err(|_| systemd_boot)
+        }
+        other => other,
+    }
+}
+
+/// Makes systemd-boot on `overlay` (qcow2) boot entry `n` by default.
+async fn select_systemd_boot(
     qemu_img: &Path,
     overlay: &Path,
     n: u32,
@@ -241,7 +264,7 @@ async fn entry_names(fs: &Path) -> Option<Vec<String>> {
 
 /// Writes the chunks of `edited` that differ from `original` into `overlay`
 /// at `base` + their offset.
-async fn write_back(
+pub(super) async fn write_back(
     qemu_img: &Path,
     overlay: &Path,
     original: &Path,
@@ -291,51 +314,43 @@ async fn write_back(
 }
 
 /// `length` bytes at `offset` of the qcow2 `image`, copied to `out`.
-async fn dd(
+///
+/// Through QEMU's raw driver with `offset` and `size` over the qcow2 (`qemu-img
+/// convert --image-opts`): `qemu-img dd` counts `count` from the start of
+/// the input rather than from `skip` in some QEMU versions (7.2), so a
+/// window read with it comes out short by its offset.
+pub(super) async fn dd(
     qemu_img: &Path,
     image: &Path,
     offset: u64,
     length: u64,
     out: &Path,
 ) -> Result<(), BootError> {
-    let block = dd_block(offset, length);
-    let arg = |key: &str, value: &OsStr| {
-        let mut s = std::ffi::OsString::from(key);
-        s.push(value);
-        s
-    };
-    let args = [
-        "dd".into(),
-        "-f".into(),
-        "qcow2".into(),
-        "-O".into(),
-        "raw".into(),
-        format!("bs={block}").into(),
-        format!("skip={}", offset / block).into(),
-        format!("count={}", length / block).into(),
-        arg("if=", image.as_os_str()),
-        arg("of=", out.as_os_str()),
+    let options = window_options(image, offset, length);
+    let args: [&OsStr; 6] = [
+        "convert".as_ref(),
+        "-O".as_ref(),
+        "raw".as_ref(),
+        "--image-opts".as_ref(),
+        options.as_ref(),
+        out.as_os_str(),
     ];
-    let refs: Vec<&OsStr> = args
-        .iter()
-        .map(|a: &std::ffi::OsString| a.as_os_str())
-        .collect();
     let _ = std::fs::remove_file(out);
-    tool(qemu_img, &refs).await.map(drop)
+    tool(qemu_img, &args).await.map(drop)
 }
 
-/// The block size for `qemu-img dd`, which counts in blocks: the largest
-/// power of two up to 1 MiB dividing both `offset` and `length`.
-pub fn dd_block(offset: u64, length: u64) -> u64 {
-    (0..=20)
-        .rev()
-        .map(|shift| 1u64 << shift)
-        .find(|b| offset % b == 0 && length % b == 0)
-        .unwrap_or(1)
+/// The `--image-opts` of the window of `length` bytes at `offset` of the
+/// qcow2 `image` (commas in the file name doubled, as QEMU's option syntax
+/// wants).
+pub fn window_options(image: &Path, offset: u64, length: u64) -> String {
+    format!(
+        "driver=raw,offset={offset},size={length},file.driver=qcow2,file.file.driver=file,file.file.filename={}",
+        image.display().to_string().replace(',', ",,")
+    )
 }
 
 /// Runs an mtools program (on an image file, so no drive check).
-async fn mtool(program: &str, args: &[&OsStr]) -> Result<String, BootError> {
+pub(super) async fn mtool(program: &str, args: &[&OsStr]) -> Result<String, BootError> {
     // mtools rejects geometries it does not know unless MTOOLS_SKIP_CHECK
     // is set; `env` sets it for this command alone.
     let mut full: Vec<&OsStr> = vec!["MTOOLS_SKIP_CHECK=1".as_ref(), program.as_ref()];
@@ -413,12 +428,11 @@ mod tests {
     }
 
     #[test]
-    fn dd_blocks() {
-        assert_eq!(dd_block(1 << 20, 64 << 20), 1 << 20);
-        assert_eq!(dd_block(0, 65536), 65536);
-        assert_eq!(dd_block(2048 * 512, 1000 * 512), 4096);
-        assert_eq!(dd_block(34 * 512, 7), 1);
-        assert_eq!(dd_block(0, 0), 1 << 20);
+    fn windows_are_raw_over_the_qcow2() {
+        assert_eq!(
+            window_options(Path::new("/run/a,b/overlay.qcow2"), 1 << 20, 4096),
+            "driver=raw,offset=1048576,size=4096,file.driver=qcow2,file.file.driver=file,file.file.filename=/run/a,,b/overlay.qcow2"
+        );
     }
 
     #[test]

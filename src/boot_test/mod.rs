@@ -14,6 +14,7 @@
 
 pub mod argv;
 pub mod entry;
+pub mod entry_grub;
 mod error;
 pub mod matcher;
 pub mod probe;

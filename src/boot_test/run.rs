@@ -64,7 +64,7 @@ pub async fn boot_until(plan: &BootPlan) -> Result<BootOutcome, BootError> {
         let overlay = run.join("overlay.qcow2");
         create_overlay(&plan.qemu_img, &image, format, &overlay).await?;
         if let Some(entry) = plan.entry {
-            super::entry::select_on_overlay(&plan.qemu_img, &overlay, entry, &run).await?;
+            super::entry::select_on_overlay(&plan.qemu_img, &overlay, entry, kind, &run).await?;
         }
         match attempt(plan, &run, firmware, accel, &overlay, window).await {
             Ok((line, elapsed)) => {

@@ -18,6 +18,7 @@ use crate::convert::ConvertError;
 use crate::output::{OutputDir, OutputError};
 use crate::spec::ImageSpec;
 
+pub(crate) use full::{FullImageError, grub_devices, run_step, steps};
 pub use inputs::{CLOSURE_INFO_ENV, read_closure};
 
 /// Why a build failed.

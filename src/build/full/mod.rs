@@ -7,7 +7,7 @@
 //! as a tar. Guest side: the scripts of [`steps`], one per phase.
 
 mod fat_times;
-mod steps;
+pub(crate) mod steps;
 mod times;
 
 use std::path::{Path, PathBuf};
@@ -199,7 +199,7 @@ fn toplevels(spec: &ImageSpec) -> Result<Vec<PathBuf>, FullImageError> {
         .collect()
 }
 
-fn grub_devices() -> Vec<PathBuf> {
+pub(crate) fn grub_devices() -> Vec<PathBuf> {
     std::env::var(GRUB_DEVICES_ENV)
         .map(|text| text.split_whitespace().map(PathBuf::from).collect())
         .unwrap_or_default()
@@ -358,31 +358,10 @@ async fn run_in_vm(
     let bar = crate::progress::steps_bar(steps.len() as u64, "installing");
     for step in steps {
         bar.set_message(step.name);
-        let started = Instant::now();
-        let mut output = Vec::new();
-        let code = vm
-            .agent()
-            .run(&["/bin/sh", "-eu", "-c", &step.script], |_, data| {
-                output.extend_from_slice(data);
-                for line in String::from_utf8_lossy(data).lines() {
-                    tracing::debug!(target: "nixdisk::guest", "{line}");
-                }
-            })
-            .await?;
-        if code != 0 {
+        if let Err(error) = run_step(&mut vm, step).await {
             bar.finish_and_clear();
-            return Err(FullImageError::Step {
-                step: step.name,
-                status: format!("exit status {code}"),
-                output: crate::convert::stderr_tail(&output, 20),
-                console: vm.console(),
-            });
+            return Err(error);
         }
-        tracing::info!(
-            step = step.name,
-            seconds = started.elapsed().as_secs_f64(),
-            "done"
-        );
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -394,4 +373,39 @@ async fn run_in_vm(
         None => vm.shutdown(POWER_OFF_TIMEOUT).await?,
     }
     Ok(())
+}
+
+/// Runs one step's script in the builder VM, logging its output at debug
+/// level; returns its standard output. A non-zero exit is
+/// [`FullImageError::Step`] with the output's and the console's last lines.
+pub(crate) async fn run_step(vm: &mut BuilderVm, step: &Step) -> Result<Vec<u8>, FullImageError> {
+    let started = Instant::now();
+    let mut output = Vec::new();
+    let mut stdout = Vec::new();
+    let code = vm
+        .agent()
+        .run(&["/bin/sh", "-eu", "-c", &step.script], |stream, data| {
+            output.extend_from_slice(data);
+            if stream == builder_vm::OutputStream::Stdout {
+                stdout.extend_from_slice(data);
+            }
+            for line in String::from_utf8_lossy(data).lines() {
+                tracing::debug!(target: "nixdisk::guest", "{line}");
+            }
+        })
+        .await?;
+    if code != 0 {
+        return Err(FullImageError::Step {
+            step: step.name,
+            status: format!("exit status {code}"),
+            output: crate::convert::stderr_tail(&output, 20),
+            console: vm.console(),
+        });
+    }
+    tracing::info!(
+        step = step.name,
+        seconds = started.elapsed().as_secs_f64(),
+        "done"
+    );
+    Ok(stdout)
 }

@@ -206,7 +206,7 @@ fn copy_script() -> String {
     )
 }
 
-fn mount_boot_script(table: &PartitionTable) -> String {
+pub(crate) fn mount_boot_script(table: &PartitionTable) -> String {
     let mut script = String::new();
     let mut boot: Vec<_> = table
         .partitions
@@ -230,7 +230,7 @@ fn mount_boot_script(table: &PartitionTable) -> String {
     script
 }
 
-fn bootloader_script(inputs: &StepInputs) -> String {
+pub(crate) fn bootloader_script(inputs: &StepInputs) -> String {
     let mut script = String::new();
     // A chroot like nixos-enter's: the kernel's file systems and the devices.
     for (fs, dir) in [("proc", "proc"), ("sysfs", "sys"), ("tmpfs", "run")] {
