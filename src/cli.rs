@@ -228,7 +228,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
                 .map(|code| u8::try_from(code).unwrap_or(1))
                 .map_err(CliError::build_failure)
         }
-        Command::AddGeneration(args) => crate::generation_command::run(&args).map(|()| 0),
+        Command::AddGeneration(args) => crate::generation_command::run(&args),
     }
 }
 

@@ -6,6 +6,7 @@ use clap::Args;
 
 use crate::cli::CliError;
 use crate::generation::{self, GenerationError, Request};
+use crate::vm_command::{EXIT_INTERRUPTED, EXIT_TERMINATED};
 
 /// `nixdisk add-generation IMAGE [--system PATH] [--set-default N] [--remove N]...`.
 #[derive(Debug, Args)]
@@ -34,20 +35,28 @@ pub struct AddGenerationArgs {
     pub mem_size: u64,
 }
 
-/// Runs `nixdisk add-generation` and prints what the image holds afterwards.
-pub fn run(args: &AddGenerationArgs) -> Result<(), CliError> {
+/// Runs `nixdisk add-generation` and prints what the image holds afterwards;
+/// 130 after Ctrl-C, 143 after SIGTERM (the image unchanged).
+pub fn run(args: &AddGenerationArgs) -> Result<u8, CliError> {
     let request = Request {
         add: args.system.clone(),
         set_default: args.set_default,
         remove: args.remove.clone(),
     };
-    let outcome = generation::run(&args.image, &request, args.mem_size).map_err(|error| {
-        if is_bad_input(&error) {
-            CliError::bad_input(error)
-        } else {
-            CliError::build_failure(error)
+    let outcome = match generation::run(&args.image, &request, args.mem_size) {
+        Ok(outcome) => outcome,
+        Err(error @ GenerationError::Interrupted { signal, .. }) => {
+            tracing::warn!("{error}");
+            let code = if signal == "SIGTERM" {
+                EXIT_TERMINATED
+            } else {
+                EXIT_INTERRUPTED
+            };
+            return Ok(code as u8);
         }
-    })?;
+        Err(error) if is_bad_input(&error) => return Err(CliError::bad_input(error)),
+        Err(error) => return Err(CliError::build_failure(error)),
+    };
     let list: Vec<String> = outcome.generations.iter().map(u32::to_string).collect();
     println!(
         "{}: generations {} (default {}); {} store paths added, {} collected",
@@ -57,7 +66,7 @@ pub fn run(args: &AddGenerationArgs) -> Result<(), CliError> {
         outcome.added_paths,
         outcome.removed_paths
     );
-    Ok(())
+    Ok(0)
 }
 
 /// Errors of the input (exit 2): the image and the image untouched.

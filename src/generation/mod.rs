@@ -77,6 +77,14 @@ pub enum GenerationError {
         /// The path given.
         path: PathBuf,
     },
+    /// Ctrl-C or SIGTERM stopped the run.
+    #[error("{signal} stopped the run: the builder VM was stopped and {} is unchanged", path.display())]
+    Interrupted {
+        /// `Ctrl-C` or `SIGTERM`.
+        signal: &'static str,
+        /// The image.
+        path: PathBuf,
+    },
     /// Nothing to do.
     #[error("nothing to change: give --system PATH, --set-default N or --remove N")]
     NothingToDo,
