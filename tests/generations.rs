@@ -3,8 +3,8 @@
 //! --entry 1` boots the first, with GRUB on SeaBIOS and with systemd-boot on
 //! OVMF; `nixdisk add-generation` on an image built with one system gives
 //! the store a two-system build has, leaves the image byte-identical when the
-//! new system's bootloader installation fails, and `--remove 1` collects
-//! what only generation 1 needed. Every store is checked with `nix store
+//! new system's bootloader installation fails, and `--set-default 1 --remove
+//! 2` rolls back, collecting what only generation 2 needed. Every store is checked with `nix store
 //! verify --no-trust --all` and `nix path-info --all`.
 //!
 //! Needs what tests/full_image.rs needs (root, QEMU, OVMF, SeaBIOS, nix-bin,
@@ -224,7 +224,7 @@ fn two_generations_boot_the_newest_by_default_and_entry_1_the_first() {
 }
 
 #[test]
-fn add_generation_matches_a_two_system_build_fails_atomically_and_remove_collects() {
+fn add_generation_matches_a_two_system_build_fails_atomically_and_rolls_back() {
     let one = system("gen-one", &[]);
     let two = system("gen-two", &[]);
     let broken = system("gen-broken", &["--broken-switch"]);
@@ -253,6 +253,20 @@ fn add_generation_matches_a_two_system_build_fails_atomically_and_remove_collect
     let output = nixdisk(&["add-generation", image, "--system", "/nix/store"]);
     assert_eq!(output.status.code(), Some(2), "not a toplevel");
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not a NixOS system"));
+
+    // A disk whose file system holds no NixOS root is refused, unchanged.
+    let bare = built.out.join("bare.img");
+    std::fs::File::create(&bare)
+        .and_then(|f| f.set_len(32 << 20))
+        .expect("a blank disk");
+    run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&bare));
+    let bare_sha = sha256(&bare);
+    let output = nixdisk(&["add-generation", text(&bare), "--set-default", "1"]);
+    assert_eq!(output.status.code(), Some(2), "no NixOS root");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("has no NixOS root"), "{stderr}");
+    assert_eq!(sha256(&bare), bare_sha);
+    std::fs::remove_file(&bare).expect("the blank disk can be removed");
 
     // A system whose bootloader installation fails leaves the image as it was.
     let before = sha256(&built.image);
@@ -295,21 +309,35 @@ fn add_generation_matches_a_two_system_build_fails_atomically_and_remove_collect
     assert!(esp_file(&raw, "loader/entries/nixos-generation-1.conf").contains("gen-one"));
     std::fs::remove_file(&raw).expect("the copy can be removed");
 
-    // Removing generation 1 collects what only it needed.
-    let output = nixdisk(&["add-generation", image, "--remove", "1"]);
-    assert_success(&output, "add-generation --remove 1");
-    assert!(String::from_utf8_lossy(&output.stdout).contains("generations 2 (default 2)"));
+    // Rolling back: generation 1 the default again, generation 2 removed and
+    // what only it needed collected.
+    let output = nixdisk(&[
+        "add-generation",
+        image,
+        "--set-default",
+        "1",
+        "--remove",
+        "2",
+    ]);
+    assert_success(&output, "add-generation --set-default 1 --remove 2");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("generations 1 (default 1)"));
     let raw = raw_copy(&built.image, dir.path());
     with_root(&raw, |root| {
-        let two_only = closure_of(&two);
-        verify_store(root, &two_only);
-        assert!(!root.join(one.strip_prefix("/").expect("absolute")).exists());
-        let (links, _) = profile(root);
-        assert_eq!(links, [("system-2-link".to_owned(), two.clone())]);
+        verify_store(root, &closure_of(&one));
+        assert!(!root.join(two.strip_prefix("/").expect("absolute")).exists());
+        let (links, system) = profile(root);
+        assert_eq!(links, [("system-1-link".to_owned(), one.clone())]);
+        assert_eq!(system, Path::new("system-1-link"));
     });
     let grub = esp_file(&raw, "grub/grub.cfg");
+    assert!(grub.contains("set default=nixos-generation-1"), "{grub}");
     assert!(
-        !grub.contains("nixos-generation-1 "),
-        "generation 1 left the menu:\n{grub}"
+        !grub.contains("nixos-generation-2 "),
+        "generation 2 left the menu:\n{grub}"
+    );
+    let loader = esp_file(&raw, "loader/loader.conf");
+    assert!(
+        loader.contains("default nixos-generation-1.conf"),
+        "{loader}"
     );
 }
