@@ -198,3 +198,56 @@ fn missing(db: &Path, path: &Path) -> GenerationError {
         path: path.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::closure::Closure;
+    use crate::install::render_nix_db;
+
+    fn info(name: &str, references: &[&str]) -> StorePathInfo {
+        let path = |n: &str| PathBuf::from(format!("/nix/store/{n}"));
+        StorePathInfo {
+            path: path(name),
+            nar_hash: format!("sha256:{}", "ab".repeat(32)),
+            nar_size: 100,
+            references: references.iter().map(|r| path(r)).collect(),
+            deriver: None,
+        }
+    }
+
+    #[test]
+    fn paths_are_added_with_references_and_removed_again() {
+        let closure = Closure::new(vec![info("a-sys", &["a-sys", "lib"]), info("lib", &[])])
+            .expect("a closed set");
+        let files = render_nix_db(&closure, &[], 1).expect("a database");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let db_path = dir.path().join("db.sqlite");
+        std::fs::write(&db_path, &files.db_sqlite).expect("written");
+
+        let mut db = ImageDb::open(&db_path).expect("opens");
+        let new = info("b-sys", &["lib", "only-b"]);
+        let only_b = info("only-b", &[]);
+        db.add(&[&new, &only_b], &[], 7).expect("added");
+        let graph = db.graph().expect("read");
+        let p = |n: &str| PathBuf::from(format!("/nix/store/{n}"));
+        assert_eq!(graph[&p("b-sys")], [p("lib"), p("only-b")]);
+        assert_eq!(graph.len(), 4);
+        // A reference registered nowhere is refused.
+        let dangling = info("c-sys", &["nowhere"]);
+        assert!(matches!(
+            db.add(&[&dangling], &[], 7),
+            Err(GenerationError::Unregistered { .. })
+        ));
+
+        db.remove([&p("b-sys"), &p("only-b")]).expect("removed");
+        db.close().expect("closed");
+        let db = ImageDb::open(&db_path).expect("opens again");
+        let graph = db.graph().expect("read");
+        assert_eq!(
+            graph.keys().cloned().collect::<Vec<_>>(),
+            [p("a-sys"), p("lib")]
+        );
+        assert_eq!(graph[&p("a-sys")], [p("a-sys"), p("lib")]);
+    }
+}
