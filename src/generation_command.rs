@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::builder_vm::AccelChoice;
 use crate::cli::CliError;
-use crate::generation::{self, GenerationError, Request};
-use crate::vm_command::{EXIT_INTERRUPTED, EXIT_TERMINATED};
+use crate::generation::{self, BuilderSettings, GenerationError, Request};
+use crate::vm_command::{AccelArg, EXIT_INTERRUPTED, EXIT_TERMINATED};
 
 /// `nixdisk add-generation IMAGE [--system PATH] [--set-default N] [--remove N]...`.
 #[derive(Debug, Args)]
@@ -33,6 +34,10 @@ pub struct AddGenerationArgs {
     /// The builder VM's memory in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     pub mem_size: u64,
+
+    /// How QEMU runs the builder VM; `auto` tries KVM for 20 s, then TCG.
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    pub accel: AccelArg,
 }
 
 /// Runs `nixdisk add-generation` and prints what the image holds afterwards;
@@ -43,7 +48,15 @@ pub fn run(args: &AddGenerationArgs) -> Result<u8, CliError> {
         set_default: args.set_default,
         remove: args.remove.clone(),
     };
-    let outcome = match generation::run(&args.image, &request, args.mem_size) {
+    let builder = BuilderSettings {
+        memory_mib: args.mem_size,
+        accel: match args.accel {
+            AccelArg::Auto => AccelChoice::Auto,
+            AccelArg::Kvm => AccelChoice::Kvm,
+            AccelArg::Tcg => AccelChoice::Tcg,
+        },
+    };
+    let outcome = match generation::run(&args.image, &request, builder) {
         Ok(outcome) => outcome,
         Err(error @ GenerationError::Interrupted { signal, .. }) => {
             tracing::warn!("{error}");

@@ -47,6 +47,14 @@ fn closures(systems: &[&Path]) -> Vec<String> {
     all
 }
 
+/// Runs `nixdisk add-generation IMAGE ARGS` under TCG (this machine's KVM
+/// opens but hangs; `auto` would spend 20 s finding out).
+fn add_generation(image: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["add-generation", text(image), "--accel", "tcg"];
+    all.extend_from_slice(args);
+    nixdisk(&all)
+}
+
 /// Runs the `nixdisk` binary with `args` while holding a VM slot.
 fn nixdisk(args: &[&str]) -> Output {
     require_agent();
@@ -85,7 +93,7 @@ fn boots(image: &Path, firmware: &str, entry: Option<u32>, generation: u32, mark
         firmware,
         "--mem",
         "256",
-        // This machine's KVM opens but hangs; auto would spend 30 s on it.
+        // As in add_generation: auto would spend 30 s on KVM here.
         "--accel",
         "tcg",
         "--timeout",
@@ -239,18 +247,17 @@ fn add_generation_matches_a_two_system_build_fails_atomically_and_rolls_back() {
         ],
         "qcow2",
     );
-    let image = text(&built.image);
 
     // Inputs that are wrong fail before any VM starts, changing nothing.
     let not_image = built.out.join("nix-support/hydra-build-products");
-    let output = nixdisk(&["add-generation", text(&not_image), "--system", text(&two)]);
+    let output = add_generation(&not_image, &["--system", text(&two)]);
     assert_eq!(output.status.code(), Some(2), "not an image");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("is not a disk image nixdisk understands"),
         "{stderr}"
     );
-    let output = nixdisk(&["add-generation", image, "--system", "/nix/store"]);
+    let output = add_generation(&built.image, &["--system", "/nix/store"]);
     assert_eq!(output.status.code(), Some(2), "not a toplevel");
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not a NixOS system"));
 
@@ -261,7 +268,7 @@ fn add_generation_matches_a_two_system_build_fails_atomically_and_rolls_back() {
         .expect("a blank disk");
     run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&bare));
     let bare_sha = sha256(&bare);
-    let output = nixdisk(&["add-generation", text(&bare), "--set-default", "1"]);
+    let output = add_generation(&bare, &["--set-default", "1"]);
     assert_eq!(output.status.code(), Some(2), "no NixOS root");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("has no NixOS root"), "{stderr}");
@@ -271,7 +278,7 @@ fn add_generation_matches_a_two_system_build_fails_atomically_and_rolls_back() {
     // A system whose bootloader installation fails leaves the image as it was.
     let before = sha256(&built.image);
     let listing = names_in(&built.out);
-    let output = nixdisk(&["add-generation", image, "--system", text(&broken)]);
+    let output = add_generation(&built.image, &["--system", text(&broken)]);
     assert_eq!(output.status.code(), Some(1), "the broken switch fails");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -283,7 +290,7 @@ fn add_generation_matches_a_two_system_build_fails_atomically_and_rolls_back() {
     assert_eq!(names_in(&built.out), listing, "no temporary file is left");
 
     // Adding generation 2: the store a build of both systems holds.
-    let output = nixdisk(&["add-generation", image, "--system", text(&two)]);
+    let output = add_generation(&built.image, &["--system", text(&two)]);
     assert_success(&output, "add-generation");
     assert!(String::from_utf8_lossy(&output.stdout).contains("generations 1 2 (default 2)"));
     assert_eq!(names_in(&built.out), listing);
@@ -311,14 +318,7 @@ fn add_generation_matches_a_two_system_build_fails_atomically_and_rolls_back() {
 
     // Rolling back: generation 1 the default again, generation 2 removed and
     // what only it needed collected.
-    let output = nixdisk(&[
-        "add-generation",
-        image,
-        "--set-default",
-        "1",
-        "--remove",
-        "2",
-    ]);
+    let output = add_generation(&built.image, &["--set-default", "1", "--remove", "2"]);
     assert_success(&output, "add-generation --set-default 1 --remove 2");
     assert!(String::from_utf8_lossy(&output.stdout).contains("generations 1 (default 1)"));
     let raw = raw_copy(&built.image, dir.path());

@@ -169,13 +169,21 @@ pub struct Outcome {
     pub removed_paths: usize,
 }
 
+/// How the builder VM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuilderSettings {
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// KVM, TCG, or KVM with TCG as the fallback.
+    pub accel: crate::builder_vm::AccelChoice,
+}
+
 /// Changes the generations of `image` as `request` says; the image is
-/// replaced only when every step succeeded. `builder_memory_mib` sizes the
-/// builder VM.
+/// replaced only when every step succeeded.
 pub fn run(
     image: &Path,
     request: &Request,
-    builder_memory_mib: u64,
+    builder: BuilderSettings,
 ) -> Result<Outcome, GenerationError> {
     if request.add.is_none() && request.set_default.is_none() && request.remove.is_empty() {
         return Err(GenerationError::NothingToDo);
@@ -200,13 +208,28 @@ pub fn run(
             path: image.to_owned(),
             source,
         })?;
-    let outcome = runtime.block_on(vm::change(
-        image,
-        &copy,
-        &table,
-        &request,
-        builder_memory_mib,
-    ))?;
+    let interrupted = |signal| GenerationError::Interrupted {
+        signal,
+        path: image.to_owned(),
+    };
+    let outcome = runtime.block_on(async {
+        // Registered before the VM starts, so neither signal kills nixdisk
+        // half-way: dropping the change's future kills QEMU, and the working
+        // copy's directory goes when `copy` drops.
+        let mut terminate = tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        )
+        .map_err(|source| GenerationError::Io {
+            what: "could not listen for SIGTERM while changing",
+            path: image.to_owned(),
+            source,
+        })?;
+        tokio::select! {
+            result = vm::change(image, &copy, &table, &request, builder) => result,
+            _ = tokio::signal::ctrl_c() => Err(interrupted("Ctrl-C")),
+            _ = terminate.recv() => Err(interrupted("SIGTERM")),
+        }
+    })?;
     copy.replace_original()?;
     Ok(outcome)
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::image::WorkingCopy;
 use super::plan::{self, Request};
 use super::store_db::ImageDb;
-use super::{GenerationError, Outcome, scripts};
+use super::{BuilderSettings, GenerationError, Outcome, scripts};
 use crate::build::{FullImageError, run_step, steps::Step};
 use crate::builder_vm::{BuilderVm, BuilderVmConfig};
 use crate::closure::Closure;
@@ -26,11 +26,12 @@ pub async fn change(
     copy: &WorkingCopy,
     table: &PartitionTable,
     request: &Request,
-    memory_mib: u64,
+    builder: BuilderSettings,
 ) -> Result<Outcome, GenerationError> {
     let config = BuilderVmConfig {
         firmware: nixdisk_firmware::FirmwareKind::Bios,
-        memory_mib,
+        memory_mib: builder.memory_mib,
+        accel: builder.accel,
         smp: 2,
         disks: vec![Disk {
             path: copy.raw().to_owned(),
