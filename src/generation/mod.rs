@@ -194,9 +194,14 @@ pub fn run(
     };
     let copy = image::WorkingCopy::create(image)?;
     let table = crate::layout::read_table(copy.raw(), crate::spec::FsType::Ext4).map_err(|e| {
+        // The error names the working copy, which is gone when the user reads it.
+        let reason = e.to_string().replace(
+            &copy.raw().display().to_string(),
+            &image.display().to_string(),
+        );
         GenerationError::NotAnImage {
             path: image.to_owned(),
-            reason: format!("its partition table cannot be read: {e}"),
+            reason: format!("its partition table cannot be read: {reason}"),
         }
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
