@@ -16,6 +16,7 @@ pub mod convert;
 pub mod flake;
 pub mod initramfs;
 pub mod install;
+pub mod interrupt;
 pub mod kernel;
 pub mod layout;
 pub mod output;

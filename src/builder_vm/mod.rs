@@ -347,7 +347,7 @@ async fn start_attempt(
                     && what.contains("Address already in use") =>
             {
                 tracing::debug!("vsock CID in use, picking another");
-                transport.repick_cid();
+                transport.repick_cid()?;
             }
             other => return other.map(|(c, q, w, t)| (c, q, w, dir.clone(), t)),
         }

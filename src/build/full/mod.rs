@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::builder_vm::{self, BuilderVm, BuilderVmConfig};
 use crate::closure::Closure;
 use crate::install::{self, InstallError};
+use crate::interrupt::{self, Interrupted, Phase};
 use crate::layout::{self, LayoutError, PartitionTable};
 use crate::qemu::{Disk, DiskFormat};
 use crate::sizing::{self, FsSize, SizingError, TreeStats};
@@ -97,6 +98,9 @@ pub enum FullImageError {
         /// What went wrong.
         detail: String,
     },
+    /// Ctrl-C or SIGTERM stopped the build.
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
     /// An install step failed in the builder VM.
     #[error(
         "install step `{step}` failed in the builder VM ({status})\n{output}\n--- guest console (last lines) ---\n{console}"
@@ -127,6 +131,7 @@ pub fn build(
     raw: &Path,
     work: &Path,
 ) -> Result<Option<PathBuf>, FullImageError> {
+    interrupt::enter(Phase::Staging)?;
     let toplevels = toplevels(spec)?;
     let plan = install::plan_install(spec, &toplevels, closure)?;
     // Removed when this returns, whatever happens.
@@ -138,9 +143,11 @@ pub fn build(
     let work = scratch.path();
     let staging = work.join("image-root");
     install::materialise(&plan.root, &staging)?;
+    interrupt::enter(Phase::Sizing)?;
     let size = size_root(spec, closure, &staging, &toplevels)?;
     let table = lay_out(spec, &size)?;
     create_disk(raw, &table)?;
+    interrupt::enter(Phase::Staging)?;
     let tar = work.join("image-root.tar");
     pack(&staging, &tar)?;
     let paths_file = work.join("store-paths");
@@ -164,7 +171,16 @@ pub fn build(
         paths_file: &paths_file,
         efi_vars: efi_vars.as_deref(),
     };
-    runtime.block_on(run_in_vm(spec, &vm_files, &steps))?;
+    interrupt::enter(Phase::Vm)?;
+    // A signal drops the VM at once: QEMU and the daemon are killed and the
+    // run directory removed before this returns.
+    runtime.block_on(async {
+        tokio::select! {
+            result = run_in_vm(spec, &vm_files, &steps) => result,
+            signal = interrupt::cancelled() => Err(Interrupted { signal, phase: Phase::Vm }.into()),
+        }
+    })?;
+    interrupt::enter(Phase::FixTimes)?;
     if spec.deterministic && matches!(spec.fs_type, FsType::Ext4 | FsType::Ext3 | FsType::Ext2) {
         let offset = match table.kind {
             layout::TableKind::None => 0,
@@ -285,14 +301,15 @@ fn create_disk(raw: &Path, table: &PartitionTable) -> Result<(), FullImageError>
 }
 
 fn pack(staging: &Path, tar: &Path) -> Result<(), FullImageError> {
-    let output = Command::new("tar")
-        .arg("-C")
-        .arg(staging)
-        .args(["--numeric-owner", "-cf"])
-        .arg(tar)
-        .arg(".")
-        .output()
-        .map_err(io("could not run tar for", tar))?;
+    let output = interrupt::run_output(
+        Command::new("tar")
+            .arg("-C")
+            .arg(staging)
+            .args(["--numeric-owner", "-cf"])
+            .arg(tar)
+            .arg("."),
+    )
+    .map_err(io("could not run tar for", tar))?;
     if !output.status.success() {
         return Err(FullImageError::Tar(
             String::from_utf8_lossy(&output.stderr).trim().to_owned(),
