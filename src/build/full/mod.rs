@@ -90,8 +90,13 @@ pub enum FullImageError {
     #[error("could not pack the image root with tar: {0}")]
     Tar(String),
     /// The builder VM failed.
-    #[error("the builder VM failed")]
-    Vm(#[from] builder_vm::Error),
+    #[error("the builder VM failed while {during}")]
+    Vm {
+        /// What the build was doing in the VM.
+        during: String,
+        /// What went wrong.
+        source: builder_vm::Error,
+    },
     /// The fixed times of a deterministic ext4 root could not be set.
     #[error("could not set the fixed times of the root file system: {detail}")]
     Times {
@@ -342,6 +347,7 @@ async fn run_in_vm(
             nixdisk_firmware::FirmwareKind::Bios
         },
         memory_mib: spec.mem_size,
+        accel: builder_vm::AccelChoice::from_env(),
         // One vCPU for deterministic builds: ext4 allocates from per-CPU
         // groups, so a second CPU makes block placement depend on scheduling.
         smp: if spec.deterministic { 1 } else { 2 },
@@ -356,7 +362,7 @@ async fn run_in_vm(
     let spinner = crate::progress::spinner("starting the builder VM");
     let vm = BuilderVm::start(&config).await;
     spinner.finish_and_clear();
-    let mut vm = vm?;
+    let mut vm = vm.map_err(vm_error("starting"))?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         accel = ?vm.accel(),
@@ -370,11 +376,23 @@ async fn run_in_vm(
         let source = tokio::fs::File::open(file)
             .await
             .map_err(io("could not open", file))?;
-        vm.agent().write_file(guest, 0o600, source).await?;
+        let bytes = source.metadata().await.map(|m| m.len()).unwrap_or(0);
+        // The builder keeps these in its memory (a tmpfs): a staging tree
+        // larger than memSize allows fails here.
+        let during = format!(
+            "receiving {guest} ({}; the builder holds it in memory, memSize is {} MiB)",
+            sizing::human(bytes),
+            spec.mem_size
+        );
+        vm.agent()
+            .write_file(guest, 0o600, source)
+            .await
+            .map_err(|source| FullImageError::Vm { during, source })?;
     }
     let bar = crate::progress::steps_bar(steps.len() as u64, "installing");
     for step in steps {
         bar.set_message(step.name);
+        tracing::debug!(step = step.name, "running install step");
         let started = Instant::now();
         let mut output = Vec::new();
         let code = vm
@@ -385,7 +403,8 @@ async fn run_in_vm(
                     tracing::debug!(target: "nixdisk::guest", "{line}");
                 }
             })
-            .await?;
+            .await
+            .map_err(vm_error(&format!("running install step `{}`", step.name)))?;
         if code != 0 {
             bar.finish_and_clear();
             return Err(FullImageError::Step {
@@ -404,11 +423,13 @@ async fn run_in_vm(
     }
     bar.finish_and_clear();
     match files.efi_vars {
-        Some(keep) => {
-            vm.shutdown_and_keep_efi_vars(POWER_OFF_TIMEOUT, keep)
-                .await?
-        }
-        None => vm.shutdown(POWER_OFF_TIMEOUT).await?,
+        Some(keep) => vm.shutdown_and_keep_efi_vars(POWER_OFF_TIMEOUT, keep).await,
+        None => vm.shutdown(POWER_OFF_TIMEOUT).await,
     }
-    Ok(())
+    .map_err(vm_error("powering off"))
+}
+
+fn vm_error(during: &str) -> impl FnOnce(builder_vm::Error) -> FullImageError {
+    let during = during.to_owned();
+    move |source| FullImageError::Vm { during, source }
 }
