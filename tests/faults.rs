@@ -321,8 +321,9 @@ fn an_image_root_larger_than_the_builders_memory_fails_clearly() {
     build.end().assert_failed_cleanly(
         1,
         &[
-            "the builder VM failed while receiving /mnt/image-root.tar (200.",
-            "memSize is 256 MiB",
+            "the builder VM ran out of memory receiving /mnt/image-root.tar (200.",
+            "memSize 256 MiB leaves too little room",
+            "hint: raise memSize to at least 768 (--mem-size 768)",
             "No space left on device",
         ],
     );

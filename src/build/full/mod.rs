@@ -106,6 +106,23 @@ pub enum FullImageError {
     /// Ctrl-C or SIGTERM stopped the build.
     #[error(transparent)]
     Interrupted(#[from] Interrupted),
+    /// A file sent to the builder did not fit in its memory.
+    #[error(
+        "the builder VM ran out of memory receiving {file} ({}): it holds the file in memory, and memSize {mem_size} MiB leaves too little room\nhint: raise memSize to at least {suggested} (--mem-size {suggested})",
+        sizing::human(*bytes)
+    )]
+    BuilderMemory {
+        /// The file in the guest.
+        file: &'static str,
+        /// Its size.
+        bytes: u64,
+        /// The builder's memory in MiB.
+        mem_size: u64,
+        /// A memSize that holds it, in MiB.
+        suggested: u64,
+        /// What the agent reported.
+        source: builder_vm::Error,
+    },
     /// An install step failed in the builder VM.
     #[error(
         "install step `{step}` failed in the builder VM ({status})\n{output}\n--- guest console (last lines) ---\n{console}"
@@ -377,17 +394,10 @@ async fn run_in_vm(
             .await
             .map_err(io("could not open", file))?;
         let bytes = source.metadata().await.map(|m| m.len()).unwrap_or(0);
-        // The builder keeps these in its memory (a tmpfs): a staging tree
-        // larger than memSize allows fails here.
-        let during = format!(
-            "receiving {guest} ({}; the builder holds it in memory, memSize is {} MiB)",
-            sizing::human(bytes),
-            spec.mem_size
-        );
         vm.agent()
             .write_file(guest, 0o600, source)
             .await
-            .map_err(|source| FullImageError::Vm { during, source })?;
+            .map_err(|source| receive_error(guest, bytes, spec.mem_size, source))?;
     }
     let bar = crate::progress::steps_bar(steps.len() as u64, "installing");
     for step in steps {
@@ -427,6 +437,35 @@ async fn run_in_vm(
         None => vm.shutdown(POWER_OFF_TIMEOUT).await,
     }
     .map_err(vm_error("powering off"))
+}
+
+/// The error for a file the builder could not receive: out of memory when
+/// its tmpfs (half of memSize) is full, else what the VM reported.
+fn receive_error(
+    file: &'static str,
+    bytes: u64,
+    mem_size: u64,
+    source: builder_vm::Error,
+) -> FullImageError {
+    match &source {
+        builder_vm::Error::Agent { message, .. } if message.contains("No space left") => {
+            const MIB: u64 = 1024 * 1024;
+            // The tmpfs gets half the memory; leave the same again for the
+            // kernel, the agent and the tools.
+            let suggested = (2 * bytes.div_ceil(MIB) + 256).next_multiple_of(256);
+            FullImageError::BuilderMemory {
+                file,
+                bytes,
+                mem_size,
+                suggested,
+                source,
+            }
+        }
+        _ => FullImageError::Vm {
+            during: format!("receiving {file} ({})", sizing::human(bytes)),
+            source,
+        },
+    }
 }
 
 fn vm_error(during: &str) -> impl FnOnce(builder_vm::Error) -> FullImageError {
