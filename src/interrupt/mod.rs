@@ -10,6 +10,10 @@
 //! waits a moment for the work to unwind through its own drop guards, removes
 //! whatever registered directory is still there, and returns one
 //! [`Interrupted`] naming the signal and the phase.
+//!
+//! The phase and the cancellation are process-wide: one build per process,
+//! as `nixdisk build` runs it. Once cancelled, a process starts no more host
+//! tools.
 
 mod registry;
 
