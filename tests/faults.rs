@@ -391,6 +391,7 @@ fn a_store_path_vanishing_before_the_copy_fails_the_copy_step() {
             "install step `copy the closure` failed in the builder VM",
             "No such file or directory",
             &path.arg(),
+            "hint: a store path of the closure vanished from the host's store",
             "--- guest console (last lines) ---",
         ],
     );
@@ -440,6 +441,7 @@ fn a_fixed_disk_that_the_real_data_outgrows_fails_in_the_guest() {
         &[
             "install step `copy the closure` failed in the builder VM",
             "No space left on device",
+            "hint: the data outgrew the fixed diskSize",
             "--- guest console (last lines) ---",
         ],
     );

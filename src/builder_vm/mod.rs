@@ -235,6 +235,11 @@ impl BuilderVm {
         self.watch.console().contents()
     }
 
+    /// The last lines of the guest console, as errors show them.
+    pub fn console_tail(&self) -> String {
+        self.watch.console_tail()
+    }
+
     /// The QMP session (status, powerdown, quit).
     pub fn qmp(&self) -> &Qmp {
         &self.qmp

@@ -125,7 +125,7 @@ pub enum FullImageError {
     },
     /// An install step failed in the builder VM.
     #[error(
-        "install step `{step}` failed in the builder VM ({status})\n{output}\n--- guest console (last lines) ---\n{console}"
+        "install step `{step}` failed in the builder VM ({status})\n{output}{hint}\n--- guest console (last lines) ---\n{console}"
     )]
     Step {
         /// The step's name.
@@ -134,6 +134,8 @@ pub enum FullImageError {
         status: String,
         /// The last lines of its output.
         output: String,
+        /// What to try, from what the output says (empty when nothing fits).
+        hint: String,
         /// The tail of the guest console.
         console: String,
     },
@@ -417,11 +419,13 @@ async fn run_in_vm(
             .map_err(vm_error(&format!("running install step `{}`", step.name)))?;
         if code != 0 {
             bar.finish_and_clear();
+            let output = crate::convert::stderr_tail(&output, 20);
             return Err(FullImageError::Step {
                 step: step.name,
                 status: format!("exit status {code}"),
-                output: crate::convert::stderr_tail(&output, 20),
-                console: vm.console(),
+                hint: steps::failure_hint(&output, spec.disk_size),
+                output,
+                console: vm.console_tail(),
             });
         }
         tracing::info!(
