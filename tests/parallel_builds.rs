@@ -1,9 +1,9 @@
 //! Three `nixdisk build` runs of the example system at once on one host, as
 //! on a build farm, starting from an empty shared cache: each gets its own
 //! run directory, sockets and temporary output, the cache (vmlinux,
-//! initramfs) is filled by all three at once without a torn entry, and all
-//! three images pass `e2fsck -fn` and `nix store verify` with exactly the
-//! closure installed.
+//! initramfs) is filled by all three at once without a torn entry, the three
+//! (deterministic) images are byte-identical, and each passes `e2fsck -fn`
+//! and `nix store verify` with exactly the closure installed.
 
 #[allow(dead_code)]
 #[path = "full_image/build.rs"]
@@ -126,6 +126,19 @@ fn three_builds_at_once_do_not_collide() {
             .iter()
             .all(|e| e.starts_with("vmlinux-") || e.starts_with("initramfs-")),
         "only finished cache entries: {entries:?}"
+    );
+    // The builds are deterministic (the default): had they crossed wires
+    // (a shared socket, disk or staging tree), the images would differ.
+    let sums: Vec<String> = outs
+        .iter()
+        .map(|out| {
+            let sum = build::run(Command::new("sha256sum").arg(out.join("nixos.img")));
+            sum.split_whitespace().next().expect("a sum").to_owned()
+        })
+        .collect();
+    assert!(
+        sums.iter().all(|s| *s == sums[0]),
+        "three identical images: {sums:?}"
     );
     for out in &outs {
         let image = out.join("nixos.img");
