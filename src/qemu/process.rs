@@ -64,7 +64,8 @@ pub struct Supervised {
     pid: u32,
     child: tokio::process::Child,
     stderr_path: PathBuf,
-    // Dropped first: the group leaves the signal registry before it is reaped.
+    // Cleared before the child is reaped (kill_now, try_exit, wait), so a
+    // signal never kills a group id that may have been reused.
     on_signal: Option<crate::interrupt::GroupGuard>,
     watchdog: Option<Watchdog>,
 }
