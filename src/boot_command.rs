@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::boot_test::{AccelChoice, BootPlan, FirmwareChoice, boot_until};
-use crate::vm_command::{AccelArg, EXIT_INTERRUPTED};
+use crate::interrupt::Signals;
+use crate::vm_command::AccelArg;
 
 /// Firmware for `nixdisk boot --firmware`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -98,8 +99,9 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        // Registered before anything starts, so no Ctrl-C kills us half-way.
-        let interrupted = tokio::signal::ctrl_c();
+        // Registered before anything starts, so no Ctrl-C or SIGTERM kills
+        // us half-way.
+        let mut signals = Signals::listen().context("cannot listen for Ctrl-C and SIGTERM")?;
         tokio::select! {
             result = boot_until(&plan) => {
                 let outcome = result.with_context(|| format!("booting {} failed", plan.image.display()))?;
@@ -113,11 +115,10 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
                 );
                 Ok(0)
             }
-            signal = interrupted => {
-                signal.context("cannot listen for Ctrl-C")?;
+            signal = signals.recv() => {
                 // Dropping boot_until's future killed QEMU and removed the
                 // run directory.
-                Ok(EXIT_INTERRUPTED)
+                Ok(signal.exit_code())
             }
         }
     })

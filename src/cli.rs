@@ -28,7 +28,8 @@ Examples:
   nixdisk build --spec image.json --out result
   nixdisk build --system /nix/store/...-nixos-system-... --partition-table efi --out result
 
-Exit status: 0 built; 1 the build failed; 2 bad input (spec, flags or paths), nothing done.
+Exit status: 0 built; 1 the build failed; 2 bad input (spec, flags or paths), nothing done;
+130 / 143 stopped by Ctrl-C / SIGTERM (everything started was killed, nothing left).
 
 Environment: NIXDISK_LOG=<filter> sets the log filter (e.g. `nixdisk=debug`), over -v and -q.";
 
@@ -159,6 +160,8 @@ pub enum Failure {
     BadInput,
     /// The build itself failed. Exit code 1.
     Build,
+    /// Ctrl-C or SIGTERM stopped the build. Exit code 130 or 143.
+    Interrupted(crate::interrupt::Signal),
 }
 
 /// A failed command: the error with its causes, and what kind of failure.
@@ -191,11 +194,22 @@ impl CliError {
         }
     }
 
-    /// The process exit code: 2 for bad input, 1 for a failed build.
+    /// A build stopped by a signal (exit code 130 or 143).
+    pub fn interrupted(interrupted: crate::interrupt::Interrupted) -> Self {
+        CliError {
+            failure: Failure::Interrupted(interrupted.signal),
+            error: interrupted.into(),
+            note: None,
+        }
+    }
+
+    /// The process exit code: 2 for bad input, 1 for a failed build, 128 +
+    /// the signal's number for a build stopped by a signal.
     pub fn exit_code(&self) -> u8 {
         match self.failure {
             Failure::BadInput => 2,
             Failure::Build => 1,
+            Failure::Interrupted(signal) => u8::try_from(signal.exit_code()).unwrap_or(1),
         }
     }
 
@@ -228,7 +242,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
                 .map(|code| u8::try_from(code).unwrap_or(1))
                 .map_err(CliError::build_failure)
         }
-        Command::AddGeneration(args) => crate::generation_command::run(&args),
+        Command::AddGeneration(args) => crate::generation_command::run(&args).map(|()| 0),
     }
 }
 
@@ -239,9 +253,15 @@ fn build(args: &BuildArgs) -> Result<(), CliError> {
         load_spec_with_source(args.spec.as_deref(), &args.flags, &args.system_source)?;
     check_out_dir(&args.out).map_err(CliError::bad_input)?;
     tracing::info!(name = %spec.name, out = %args.out.display(), "building");
-    crate::build::run(&spec, &args.out)
-        .map(|_| ())
-        .map_err(CliError::build_failure)
+    let out = args.out.clone();
+    // Ctrl-C and SIGTERM stop the build in any phase: see crate::interrupt.
+    match crate::interrupt::run_interruptible(move || crate::build::run(&spec, &out)) {
+        Ok(result) => result.map(|_| ()).map_err(CliError::build_failure),
+        Err(crate::interrupt::InterruptError::Interrupted(interrupted)) => {
+            Err(CliError::interrupted(interrupted))
+        }
+        Err(other) => Err(CliError::build_failure(other)),
+    }
 }
 
 fn spec_command(args: &SpecArgs) -> Result<(), CliError> {

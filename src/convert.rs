@@ -146,12 +146,12 @@ pub fn convert(
 
 /// Runs qemu-img with `args`, turning a failure into an error carrying its stderr.
 fn run_qemu_img(args: &[OsString]) -> Result<(), ConvertError> {
-    let output = Command::new(QEMU_IMG)
-        .args(args)
-        .output()
-        .map_err(|source| ConvertError::Spawn {
-            program: QEMU_IMG.to_owned(),
-            source,
+    let output =
+        crate::interrupt::run_output(Command::new(QEMU_IMG).args(args)).map_err(|source| {
+            ConvertError::Spawn {
+                program: QEMU_IMG.to_owned(),
+                source,
+            }
         })?;
     if output.status.success() {
         return Ok(());

@@ -7,7 +7,8 @@ use clap::Args;
 use crate::builder_vm::AccelChoice;
 use crate::cli::CliError;
 use crate::generation::{self, BuilderSettings, GenerationError, Request};
-use crate::vm_command::{AccelArg, EXIT_INTERRUPTED, EXIT_TERMINATED};
+use crate::interrupt::InterruptError;
+use crate::vm_command::AccelArg;
 
 /// `nixdisk add-generation IMAGE [--system PATH] [--set-default N] [--remove N]...`.
 #[derive(Debug, Args)]
@@ -40,9 +41,9 @@ pub struct AddGenerationArgs {
     pub accel: AccelArg,
 }
 
-/// Runs `nixdisk add-generation` and prints what the image holds afterwards;
-/// 130 after Ctrl-C, 143 after SIGTERM (the image unchanged).
-pub fn run(args: &AddGenerationArgs) -> Result<u8, CliError> {
+/// Runs `nixdisk add-generation` and prints what the image holds afterwards.
+/// Ctrl-C and SIGTERM leave the image unchanged (exit 130 or 143).
+pub fn run(args: &AddGenerationArgs) -> Result<(), CliError> {
     let request = Request {
         add: args.system.clone(),
         set_default: args.set_default,
@@ -56,19 +57,20 @@ pub fn run(args: &AddGenerationArgs) -> Result<u8, CliError> {
             AccelArg::Tcg => AccelChoice::Tcg,
         },
     };
-    let outcome = match generation::run(&args.image, &request, builder) {
-        Ok(outcome) => outcome,
-        Err(error @ GenerationError::Interrupted { signal, .. }) => {
-            tracing::warn!("{error}");
-            let code = if signal == "SIGTERM" {
-                EXIT_TERMINATED
-            } else {
-                EXIT_INTERRUPTED
-            };
-            return Ok(code as u8);
+    let image = args.image.clone();
+    // Ctrl-C and SIGTERM stop the run in any phase, the image unchanged:
+    // see crate::interrupt.
+    let result =
+        crate::interrupt::run_interruptible(move || generation::run(&image, &request, builder));
+    let outcome = match result {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(GenerationError::Interrupted(interrupted)))
+        | Err(InterruptError::Interrupted(interrupted)) => {
+            return Err(CliError::interrupted(interrupted));
         }
-        Err(error) if is_bad_input(&error) => return Err(CliError::bad_input(error)),
-        Err(error) => return Err(CliError::build_failure(error)),
+        Ok(Err(error)) if is_bad_input(&error) => return Err(CliError::bad_input(error)),
+        Ok(Err(error)) => return Err(CliError::build_failure(error)),
+        Err(other) => return Err(CliError::build_failure(other)),
     };
     let list: Vec<String> = outcome.generations.iter().map(u32::to_string).collect();
     println!(
@@ -79,7 +81,7 @@ pub fn run(args: &AddGenerationArgs) -> Result<u8, CliError> {
         outcome.added_paths,
         outcome.removed_paths
     );
-    Ok(0)
+    Ok(())
 }
 
 /// Errors of the input (exit 2): the image and the image untouched.

@@ -18,6 +18,7 @@ pub mod generation;
 pub mod generation_command;
 pub mod initramfs;
 pub mod install;
+pub mod interrupt;
 pub mod kernel;
 pub mod layout;
 pub mod output;

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use tempfile::TempDir;
 use thiserror::Error;
@@ -104,6 +104,9 @@ pub fn hydra_build_product_line(format: ImageFormat, image: &Path) -> String {
 pub struct OutputDir {
     final_path: PathBuf,
     temp: TempDir,
+    // Removes the temporary directory after Ctrl-C even when the build
+    // thread does not unwind in time.
+    _on_signal: crate::interrupt::DirGuard,
 }
 
 impl OutputDir {
@@ -129,7 +132,12 @@ impl OutputDir {
                 source,
             })?;
         tracing::debug!(temp = %temp.path().display(), out = %final_path.display(), "output directory prepared");
-        Ok(OutputDir { final_path, temp })
+        let _on_signal = crate::interrupt::DirGuard::register(temp.path());
+        Ok(OutputDir {
+            final_path,
+            temp,
+            _on_signal,
+        })
     }
 
     /// The temporary directory everything is written into.
@@ -190,18 +198,18 @@ impl OutputDir {
             return Ok(());
         }
         tracing::info!("running postVM");
-        let output = Command::new("sh")
-            .arg("-e")
-            .arg("-c")
-            .arg(script)
-            .env("out", self.path())
-            .env("diskImage", disk_image)
-            .current_dir(self.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|source| OutputError::PostVmSpawn { source })?;
+        // In its own process group, killed with everything it started when
+        // the build is interrupted.
+        let output = crate::interrupt::run_output_inheriting_stdout(
+            Command::new("sh")
+                .arg("-e")
+                .arg("-c")
+                .arg(script)
+                .env("out", self.path())
+                .env("diskImage", disk_image)
+                .current_dir(self.path()),
+        )
+        .map_err(|source| OutputError::PostVmSpawn { source })?;
         if !output.stderr.is_empty() {
             tracing::debug!(stderr = %String::from_utf8_lossy(&output.stderr), "postVM stderr");
         }

@@ -7,15 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::signal::unix::SignalKind;
 
 use crate::builder_vm::{AccelChoice, BuilderVm, BuilderVmConfig, OutputStream};
+use crate::interrupt::Signals;
 use crate::transport::{TransportChoice, TransportKind};
 
-/// The exit status after Ctrl-C (128 + SIGINT), as shells report it.
-pub const EXIT_INTERRUPTED: i32 = 130;
-/// The exit status after SIGTERM (128 + 15).
-pub const EXIT_TERMINATED: i32 = 143;
+pub use crate::interrupt::{EXIT_INTERRUPTED, EXIT_TERMINATED};
 
 /// Firmware for `--firmware`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -121,21 +118,14 @@ pub fn run(args: VmArgs) -> anyhow::Result<i32> {
     let result = runtime.block_on(async {
         // Registered before anything starts, so no Ctrl-C or SIGTERM (from
         // `timeout`, CI, a service manager) kills us half-way and orphans QEMU.
-        let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())
-            .context("cannot listen for SIGTERM")?;
-        let interrupted = tokio::signal::ctrl_c();
+        let mut signals = Signals::listen().context("cannot listen for Ctrl-C and SIGTERM")?;
         // Dropping boot_and_run's future drops the VM: QEMU and the daemon
         // are killed and the run directory is removed before we return.
         tokio::select! {
             result = boot_and_run(&args) => result,
-            signal = interrupted => {
-                signal.context("cannot listen for Ctrl-C")?;
-                tracing::warn!("interrupted: the builder VM was stopped and cleaned up");
-                Ok(EXIT_INTERRUPTED)
-            }
-            _ = terminate.recv() => {
-                tracing::warn!("terminated: the builder VM was stopped and cleaned up");
-                Ok(EXIT_TERMINATED)
+            signal = signals.recv() => {
+                tracing::warn!("{signal}: the builder VM was stopped and cleaned up");
+                Ok(signal.exit_code())
             }
         }
     });

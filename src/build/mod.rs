@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::closure::ClosureError;
 use crate::convert::ConvertError;
+use crate::interrupt::{self, Interrupted, Phase};
 use crate::output::{OutputDir, OutputError};
 use crate::spec::ImageSpec;
 
@@ -40,6 +41,9 @@ pub enum BuildError {
     /// result could not be published.
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// Ctrl-C or SIGTERM stopped the build.
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
     /// The raw scratch image could not be removed.
     #[error("could not remove the scratch image {}", path.display())]
     Scratch {
@@ -53,6 +57,7 @@ pub enum BuildError {
 /// Builds the image `spec` describes into the directory `out`, which appears
 /// only when everything succeeded. `spec` must have passed validation.
 pub fn run(spec: &ImageSpec, out: &Path) -> Result<PathBuf, BuildError> {
+    interrupt::enter(Phase::ClosureRead)?;
     let closure = read_closure(spec)?;
     tracing::info!(
         paths = closure.paths.len(),
@@ -64,6 +69,7 @@ pub fn run(spec: &ImageSpec, out: &Path) -> Result<PathBuf, BuildError> {
     // place, so a half-written image never carries the final name.
     let raw = output.path().join(".disk.raw");
     let efi_vars = if spec.only_nix_store {
+        interrupt::enter(Phase::StoreImage)?;
         store_only::build(spec, &closure, &raw)?;
         None
     } else {
@@ -81,6 +87,7 @@ fn finish(
     efi_vars: Option<&Path>,
 ) -> Result<PathBuf, BuildError> {
     let image = output.image_path(&spec.base_name, spec.format);
+    interrupt::enter(Phase::Conversion)?;
     crate::convert::convert(spec.format, raw, &image, spec.deterministic)?;
     if raw.exists() {
         std::fs::remove_file(raw).map_err(|source| BuildError::Scratch {
@@ -97,7 +104,9 @@ fn finish(
             source,
         })?;
     }
+    interrupt::enter(Phase::PostVm)?;
     output.run_post_vm(&spec.post_vm, &image)?;
+    interrupt::enter(Phase::Publish)?;
     let published = output.finish()?;
     tracing::info!(out = %published.display(), "image ready");
     Ok(published)

@@ -235,6 +235,11 @@ impl BuilderVm {
         self.watch.console().contents()
     }
 
+    /// The last lines of the guest console, as errors show them.
+    pub fn console_tail(&self) -> String {
+        self.watch.console_tail()
+    }
+
     /// The QMP session (status, powerdown, quit).
     pub fn qmp(&self) -> &Qmp {
         &self.qmp
@@ -347,7 +352,7 @@ async fn start_attempt(
                     && what.contains("Address already in use") =>
             {
                 tracing::debug!("vsock CID in use, picking another");
-                transport.repick_cid();
+                transport.repick_cid()?;
             }
             other => return other.map(|(c, q, w, t)| (c, q, w, dir.clone(), t)),
         }

@@ -18,6 +18,35 @@ pub enum AccelChoice {
     Tcg,
 }
 
+/// The environment variable that sets the accelerator of `nixdisk build`'s
+/// builder VM: `auto`, `kvm` or `tcg` (on hosts where `/dev/kvm` opens but
+/// hangs, `tcg` skips the KVM probe's wait).
+pub const ACCEL_ENV: &str = "NIXDISK_ACCEL";
+
+impl AccelChoice {
+    /// Parses `auto`, `kvm` or `tcg`.
+    pub fn from_name(name: &str) -> Option<AccelChoice> {
+        match name.trim() {
+            "auto" | "" => Some(AccelChoice::Auto),
+            "kvm" => Some(AccelChoice::Kvm),
+            "tcg" => Some(AccelChoice::Tcg),
+            _ => None,
+        }
+    }
+
+    /// The choice in [`ACCEL_ENV`]; `auto` when unset, and (with a warning)
+    /// when it holds something else.
+    pub fn from_env() -> AccelChoice {
+        let Ok(value) = std::env::var(ACCEL_ENV) else {
+            return AccelChoice::Auto;
+        };
+        AccelChoice::from_name(&value).unwrap_or_else(|| {
+            tracing::warn!("{ACCEL_ENV}=`{value}` is not auto, kvm or tcg; using auto");
+            AccelChoice::Auto
+        })
+    }
+}
+
 /// The accelerators to try, in order.
 pub fn accel_attempts(choice: AccelChoice, kvm_opens: bool) -> Vec<Accel> {
     match choice {
@@ -113,6 +142,10 @@ mod tests {
         assert_eq!(accel_attempts(AccelChoice::Auto, false), [Accel::Tcg]);
         assert_eq!(accel_attempts(AccelChoice::Kvm, false), [Accel::Kvm]);
         assert_eq!(accel_attempts(AccelChoice::Tcg, true), [Accel::Tcg]);
+        assert_eq!(AccelChoice::from_name("tcg"), Some(AccelChoice::Tcg));
+        assert_eq!(AccelChoice::from_name("kvm"), Some(AccelChoice::Kvm));
+        assert_eq!(AccelChoice::from_name(""), Some(AccelChoice::Auto));
+        assert_eq!(AccelChoice::from_name("hvf"), None);
     }
 
     #[test]

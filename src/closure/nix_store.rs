@@ -27,12 +27,12 @@ pub(super) fn dump_db(paths: &[PathBuf]) -> Result<String, ClosureError> {
 fn run(mut command: Command) -> Result<String, ClosureError> {
     let line = describe(&command);
     tracing::debug!(command = %line, "asking Nix");
-    let output = command
-        .output()
-        .map_err(|source| ClosureError::NixStoreSpawn {
+    let output = crate::interrupt::run_output(&mut command).map_err(|source| {
+        ClosureError::NixStoreSpawn {
             command: line.clone(),
             source,
-        })?;
+        }
+    })?;
     if !output.status.success() {
         return Err(ClosureError::NixStoreFailed {
             command: line,

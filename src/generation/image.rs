@@ -10,14 +10,18 @@ use std::process::Command;
 
 use super::GenerationError;
 use crate::boot_test::ImageFormat;
+use crate::interrupt::{DirGuard, run_output};
 use crate::spec;
 
 /// A raw copy of an image, in a temporary directory beside it.
 pub struct WorkingCopy {
     image: PathBuf,
     format: ImageFormat,
-    dir: tempfile::TempDir,
     raw: PathBuf,
+    // Dropped before `dir`: after a signal nixdisk removes the directory
+    // itself if this copy did not unwind in time.
+    _guard: DirGuard,
+    dir: tempfile::TempDir,
 }
 
 impl WorkingCopy {
@@ -45,6 +49,7 @@ impl WorkingCopy {
                 path: parent.clone(),
                 source,
             })?;
+        let guard = DirGuard::register(dir.path());
         let raw = dir.path().join("disk.raw");
         let mut copy = Command::new(if format == ImageFormat::Raw {
             "cp"
@@ -61,8 +66,9 @@ impl WorkingCopy {
         Ok(WorkingCopy {
             image: image.to_owned(),
             format,
-            dir,
             raw,
+            _guard: guard,
+            dir,
         })
     }
 
@@ -142,7 +148,8 @@ fn output_format(format: ImageFormat) -> spec::ImageFormat {
 }
 
 fn run_tool(cmd: &mut Command, what: &'static str) -> Result<(), GenerationError> {
-    let output = cmd.output().map_err(|source| GenerationError::Tool {
+    // Through the interrupt registry: a signal kills it at once.
+    let output = run_output(cmd).map_err(|source| GenerationError::Tool {
         what,
         command: format!("{cmd:?}"),
         detail: source.to_string(),

@@ -20,6 +20,8 @@ mod vm;
 
 use std::path::{Path, PathBuf};
 
+use crate::interrupt::{self, Interrupted, Phase};
+
 pub use plan::Request;
 
 /// Why the generations of an image could not be changed.
@@ -77,14 +79,9 @@ pub enum GenerationError {
         /// The path given.
         path: PathBuf,
     },
-    /// Ctrl-C or SIGTERM stopped the run.
-    #[error("{signal} stopped the run: the builder VM was stopped and {} is unchanged", path.display())]
-    Interrupted {
-        /// `Ctrl-C` or `SIGTERM`.
-        signal: &'static str,
-        /// The image.
-        path: PathBuf,
-    },
+    /// Ctrl-C or SIGTERM stopped the run; the image is unchanged.
+    #[error(transparent)]
+    Interrupted(#[from] crate::interrupt::Interrupted),
     /// Nothing to do.
     #[error("nothing to change: give --system PATH, --set-default N or --remove N")]
     NothingToDo,
@@ -192,6 +189,7 @@ pub fn run(
         add: request.add.as_deref().map(toplevel).transpose()?,
         ..request.clone()
     };
+    interrupt::enter(Phase::Staging)?;
     let copy = image::WorkingCopy::create(image)?;
     let table = crate::layout::read_table(copy.raw(), crate::spec::FsType::Ext4).map_err(|e| {
         // The error names the working copy, which is gone when the user reads it.
@@ -213,28 +211,16 @@ pub fn run(
             path: image.to_owned(),
             source,
         })?;
-    let interrupted = |signal| GenerationError::Interrupted {
-        signal,
-        path: image.to_owned(),
-    };
+    interrupt::enter(Phase::Vm)?;
     let outcome = runtime.block_on(async {
-        // Registered before the VM starts, so neither signal kills nixdisk
-        // half-way: dropping the change's future kills QEMU, and the working
-        // copy's directory goes when `copy` drops.
-        let mut terminate = tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        )
-        .map_err(|source| GenerationError::Io {
-            what: "could not listen for SIGTERM while changing",
-            path: image.to_owned(),
-            source,
-        })?;
+        // Dropping the change's future on a signal kills the builder VM; the
+        // working copy's directory goes when `copy` drops.
         tokio::select! {
             result = vm::change(image, &copy, &table, &request, builder) => result,
-            _ = tokio::signal::ctrl_c() => Err(interrupted("Ctrl-C")),
-            _ = terminate.recv() => Err(interrupted("SIGTERM")),
+            signal = interrupt::cancelled() => Err(Interrupted { signal, phase: Phase::Vm }.into()),
         }
     })?;
+    interrupt::enter(Phase::Conversion)?;
     copy.replace_original()?;
     Ok(outcome)
 }

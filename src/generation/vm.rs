@@ -50,7 +50,7 @@ pub async fn change(
         accel = ?vm.accel(),
         "builder VM ready"
     );
-    match run_step(&mut vm, &scripts::mount(table)).await {
+    match run_step(&mut vm, &scripts::mount(table), no_hint).await {
         Err(FullImageError::Step { status, output, .. })
             if status == format!("exit status {}", scripts::NO_NIXOS_ROOT) =>
         {
@@ -62,7 +62,8 @@ pub async fn change(
         other => other?,
     };
     let listing =
-        String::from_utf8_lossy(&run_step(&mut vm, &scripts::list_links()).await?).into_owned();
+        String::from_utf8_lossy(&run_step(&mut vm, &scripts::list_links(), no_hint).await?)
+            .into_owned();
     let links = plan::parse_links(&listing);
     let change = plan::plan_change(&links, request)?;
     let db_path = copy.dir().join("db.sqlite");
@@ -136,7 +137,7 @@ pub async fn change(
     let bar = crate::progress::steps_bar(steps.len() as u64, "changing generations");
     for step in &steps {
         bar.set_message(step.name);
-        if let Err(error) = run_step(&mut vm, step).await {
+        if let Err(error) = run_step(&mut vm, step, space_hint).await {
             bar.finish_and_clear();
             return Err(error.into());
         }
@@ -193,4 +194,17 @@ async fn send_text(
         source,
     })?;
     send_file(vm, &host, guest).await
+}
+
+fn no_hint(_: &str) -> String {
+    String::new()
+}
+
+/// What to try when a step ran out of room on the image's root.
+fn space_hint(output: &str) -> String {
+    if output.contains("No space left on device") {
+        "\nhint: the image's root file system is full: grow the image (qemu-img resize, then the partition and resize2fs), or remove a generation first (--remove N)".to_owned()
+    } else {
+        String::new()
+    }
 }

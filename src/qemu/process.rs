@@ -3,7 +3,15 @@
 //!
 //! Each child runs in its own process group, so a Ctrl-C on the terminal
 //! reaches nixdisk alone and nixdisk decides the order of cleanup; dropping
-//! the [`Supervised`] handle kills the whole group at once.
+//! the [`Supervised`] handle kills the whole group at once, and so does a
+//! signal to nixdisk (the group is registered with [`crate::interrupt`]).
+//!
+//! When nixdisk itself dies without cleaning up (SIGKILL, a crash), a
+//! watchdog in the child's group kills it: a `sh` reading a pipe whose only
+//! writer is nixdisk, which sees end-of-file when nixdisk's file descriptors
+//! close, however it died, and then kills its whole group. Unlike
+//! `PR_SET_PDEATHSIG`, this does not depend on which nixdisk thread spawned
+//! the child (tokio's blocking threads come and go) and needs no `unsafe`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -15,7 +23,10 @@ use super::Error;
 /// A private temporary directory for one VM, removed on drop.
 #[derive(Debug)]
 pub struct RunDir {
+    // Removes the directory after Ctrl-C even when the build thread does not
+    // unwind in time; dropped after `dir` (declaration order).
     dir: tempfile::TempDir,
+    _on_signal: crate::interrupt::DirGuard,
 }
 
 impl RunDir {
@@ -27,7 +38,8 @@ impl RunDir {
             .prefix("nixdisk-vm-")
             .tempdir_in(&parent)
             .map_err(|source| Error::RunDir { parent, source })?;
-        Ok(RunDir { dir })
+        let _on_signal = crate::interrupt::DirGuard::register(dir.path());
+        Ok(RunDir { dir, _on_signal })
     }
 
     /// The directory.
@@ -41,6 +53,10 @@ impl RunDir {
     }
 }
 
+/// The watchdog's script: wait for end-of-file on stdin (nixdisk gone),
+/// then kill the process group it lives in (the supervised child's).
+const WATCHDOG_SCRIPT: &str = "read -r _ignored; kill -KILL 0";
+
 /// A running child process, killed (with its process group) on drop.
 #[derive(Debug)]
 pub struct Supervised {
@@ -48,6 +64,39 @@ pub struct Supervised {
     pid: u32,
     child: tokio::process::Child,
     stderr_path: PathBuf,
+    // Cleared before the child is reaped (kill_now, try_exit, wait), so a
+    // signal never kills a group id that may have been reused.
+    on_signal: Option<crate::interrupt::GroupGuard>,
+    watchdog: Option<Watchdog>,
+}
+
+/// The process that kills a supervised group if nixdisk dies.
+#[derive(Debug)]
+struct Watchdog {
+    child: std::process::Child,
+    // Held open for the child's lifetime: nixdisk's end of the pipe.
+    _pipe: std::process::ChildStdin,
+}
+
+impl Watchdog {
+    /// Starts the watchdog in the process group `pgid`.
+    fn spawn(pgid: u32) -> std::io::Result<Watchdog> {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", WATCHDOG_SCRIPT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(pgid as i32)
+            .spawn()?;
+        // std opens the pipe close-on-exec: no other child inherits nixdisk's
+        // end, so it closes exactly when nixdisk goes.
+        let pipe = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("the watchdog's stdin was not piped"))?;
+        Ok(Watchdog { child, _pipe: pipe })
+    }
 }
 
 impl Supervised {
@@ -83,12 +132,22 @@ impl Supervised {
             status: "unknown status".into(),
             stderr: String::new(),
         })?;
-        Ok(Supervised {
+        let on_signal = Some(crate::interrupt::GroupGuard::register(pid));
+        let mut supervised = Supervised {
             program: program.to_owned(),
             pid,
             child,
             stderr_path: log.to_owned(),
-        })
+            on_signal,
+            watchdog: None,
+        };
+        // Dropping `supervised` on failure kills the child.
+        supervised.watchdog = Some(Watchdog::spawn(pid).map_err(|source| Error::Spawn {
+            program: "sh".into(),
+            hint: " (the watchdog of a supervised process)",
+            source,
+        })?);
+        Ok(supervised)
     }
 
     /// The process id (also its process group id).
@@ -111,12 +170,19 @@ impl Supervised {
 
     /// How the process ended, if it has.
     pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        let status = self.child.try_wait().ok().flatten();
+        if status.is_some() {
+            // Reaped: its id may be reused, so a signal must not kill it.
+            self.on_signal = None;
+        }
+        status
     }
 
     /// Waits for the process to end.
     pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.child.wait().await
+        let status = self.child.wait().await;
+        self.on_signal = None;
+        status
     }
 
     /// An [`Error::Exited`] describing how the process ended.
@@ -154,6 +220,12 @@ impl Supervised {
     /// otherwise.
     pub fn kill_now(&mut self) {
         self.kill_group();
+        self.on_signal = None;
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // Killed with the group (it lives in it); reap it.
+            let _ = watchdog.child.kill();
+            let _ = watchdog.child.wait();
+        }
         for _ in 0..100 {
             if self.child.try_wait().ok().flatten().is_some() {
                 return;

@@ -3,7 +3,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use super::plan::{Region, Step, ToolCommand};
 use super::{StoreImageError, ext4_times};
@@ -82,15 +82,15 @@ fn ensure_length(image: &Path, len: u64) -> Result<(), StoreImageError> {
 fn run_tool(command: &ToolCommand) -> Result<std::process::Output, StoreImageError> {
     let line = command_line(command.program, &command.args);
     tracing::debug!(command = %line, env = ?command.env, "running");
-    let output = Command::new(command.program)
-        .args(&command.args)
-        .envs(command.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| StoreImageError::ToolMissing {
-            program: command.program,
-            source,
-        })?;
+    let output = crate::interrupt::run_output(
+        Command::new(command.program)
+            .args(&command.args)
+            .envs(command.env.iter().map(|(k, v)| (k, v))),
+    )
+    .map_err(|source| StoreImageError::ToolMissing {
+        program: command.program,
+        source,
+    })?;
     if output.status.success() {
         return Ok(output);
     }

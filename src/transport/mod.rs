@@ -7,6 +7,7 @@
 //! agent setting go with it; [`Transport::connect`] makes one attempt to
 //! reach the agent and returns a byte stream.
 
+pub mod cid;
 mod vhost_user;
 
 use std::path::{Path, PathBuf};
@@ -141,6 +142,9 @@ pub enum Error {
     /// Starting or supervising the vsock daemon failed.
     #[error("vhost-device-vsock: {0}")]
     Daemon(#[from] qemu::Error),
+    /// No kernel-vsock CID could be claimed.
+    #[error(transparent)]
+    Cid(#[from] cid::CidError),
     /// The agent is not reachable (yet); callers retry until a deadline.
     #[error("cannot reach the agent over {kind} at {address}: {reason}")]
     NotReachable {
@@ -156,10 +160,12 @@ pub enum Error {
 /// A transport set up for one VM.
 #[derive(Debug)]
 pub enum Transport {
-    /// Kernel vsock to `cid`.
+    /// Kernel vsock to the claimed CID.
     KernelVsock {
-        /// The guest's CID.
-        cid: u32,
+        /// The guest's CID, held while this lives.
+        claim: cid::CidClaim,
+        /// The CIDs to try, in order; the claim is one of them.
+        candidates: Vec<u32>,
     },
     /// vsock through a supervised `vhost-device-vsock`.
     VhostUserVsock {
@@ -186,7 +192,11 @@ impl Transport {
         run_dir: &Path,
     ) -> Result<Transport, Error> {
         match kind {
-            TransportKind::KernelVsock => Ok(Transport::KernelVsock { cid: pick_cid() }),
+            TransportKind::KernelVsock => {
+                let candidates = cid::candidates(cid_seed(), CID_CANDIDATES);
+                let claim = cid::claim(&cid::lock_dir(), &candidates)?;
+                Ok(Transport::KernelVsock { claim, candidates })
+            }
             TransportKind::VirtioSerial => Ok(Transport::VirtioSerial {
                 socket: run_dir.join("agent.sock"),
             }),
@@ -225,7 +235,9 @@ impl Transport {
     /// The QEMU device for this transport.
     pub fn device(&self) -> TransportDevice {
         match self {
-            Transport::KernelVsock { cid } => TransportDevice::KernelVsock { guest_cid: *cid },
+            Transport::KernelVsock { claim, .. } => TransportDevice::KernelVsock {
+                guest_cid: claim.cid(),
+            },
             Transport::VhostUserVsock { vhost_socket, .. } => TransportDevice::VhostUserVsock {
                 socket: vhost_socket.clone(),
             },
@@ -241,11 +253,18 @@ impl Transport {
         agent_setting(self.kind())
     }
 
-    /// Picks a new CID for kernel vsock (after QEMU reported it in use).
-    pub fn repick_cid(&mut self) {
-        if let Transport::KernelVsock { cid } = self {
-            *cid = pick_cid();
+    /// Claims the next candidate CID for kernel vsock (after QEMU reported
+    /// the current one in use by a VM that is not nixdisk's).
+    pub fn repick_cid(&mut self) -> Result<(), Error> {
+        if let Transport::KernelVsock { claim, candidates } = self {
+            let used = claim.cid();
+            let rest = match candidates.iter().position(|c| *c == used) {
+                Some(index) => &candidates[index + 1..],
+                None => &candidates[..],
+            };
+            *claim = cid::claim(&cid::lock_dir(), rest)?;
         }
+        Ok(())
     }
 
     /// Hands over the supervised daemon, if this transport has one, so
@@ -260,8 +279,9 @@ impl Transport {
     /// One attempt to reach the agent.
     pub async fn connect(&self) -> Result<BoxedStream, Error> {
         match self {
-            Transport::KernelVsock { cid } => {
-                let addr = tokio_vsock::VsockAddr::new(*cid, AGENT_VSOCK_PORT);
+            Transport::KernelVsock { claim, .. } => {
+                let cid = claim.cid();
+                let addr = tokio_vsock::VsockAddr::new(cid, AGENT_VSOCK_PORT);
                 tokio_vsock::VsockStream::connect(addr)
                     .await
                     .map(|s| Box::new(s) as BoxedStream)
@@ -300,14 +320,16 @@ pub fn agent_setting(kind: TransportKind) -> String {
     .to_string()
 }
 
-/// A CID unlikely to be in use: above the reserved ones, varied by pid and time.
-fn pick_cid() -> u32 {
+/// How many CIDs a run may try before giving up.
+const CID_CANDIDATES: usize = 16;
+
+/// A seed that differs between runs: the pid and the time.
+fn cid_seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
+        .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let mixed = (std::process::id().wrapping_mul(2_654_435_761)) ^ nanos;
-    3 + mixed % 0x7fff_0000
+    (u64::from(std::process::id()) << 32) ^ nanos
 }
 
 #[cfg(test)]

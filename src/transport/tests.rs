@@ -73,10 +73,3 @@ fn vhost_user_daemon_arguments_and_replies() {
     assert!(!vhost_user::parse_ok(b"OK"));
     assert!(!vhost_user::parse_ok(b"ERR 1"));
 }
-
-#[test]
-fn picked_cids_avoid_the_reserved_ones() {
-    for _ in 0..100 {
-        assert!(pick_cid() >= 3);
-    }
-}

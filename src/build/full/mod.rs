@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::builder_vm::{self, BuilderVm, BuilderVmConfig};
 use crate::closure::Closure;
 use crate::install::{self, InstallError};
+use crate::interrupt::{self, Interrupted, Phase};
 use crate::layout::{self, LayoutError, PartitionTable};
 use crate::qemu::{Disk, DiskFormat};
 use crate::sizing::{self, FsSize, SizingError, TreeStats};
@@ -89,17 +90,42 @@ pub enum FullImageError {
     #[error("could not pack the image root with tar: {0}")]
     Tar(String),
     /// The builder VM failed.
-    #[error("the builder VM failed")]
-    Vm(#[from] builder_vm::Error),
+    #[error("the builder VM failed while {during}")]
+    Vm {
+        /// What the build was doing in the VM.
+        during: String,
+        /// What went wrong.
+        source: builder_vm::Error,
+    },
     /// The fixed times of a deterministic ext4 root could not be set.
     #[error("could not set the fixed times of the root file system: {detail}")]
     Times {
         /// What went wrong.
         detail: String,
     },
+    /// Ctrl-C or SIGTERM stopped the build.
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
+    /// A file sent to the builder did not fit in its memory.
+    #[error(
+        "the builder VM ran out of memory receiving {file} ({}): it holds the file in memory, and memSize {mem_size} MiB leaves too little room\nhint: raise memSize to at least {suggested} (--mem-size {suggested})",
+        sizing::human(*bytes)
+    )]
+    BuilderMemory {
+        /// The file in the guest.
+        file: &'static str,
+        /// Its size.
+        bytes: u64,
+        /// The builder's memory in MiB.
+        mem_size: u64,
+        /// A memSize that holds it, in MiB.
+        suggested: u64,
+        /// What the agent reported.
+        source: builder_vm::Error,
+    },
     /// An install step failed in the builder VM.
     #[error(
-        "install step `{step}` failed in the builder VM ({status})\n{output}\n--- guest console (last lines) ---\n{console}"
+        "install step `{step}` failed in the builder VM ({status})\n{output}{hint}\n--- guest console (last lines) ---\n{console}"
     )]
     Step {
         /// The step's name.
@@ -108,6 +134,8 @@ pub enum FullImageError {
         status: String,
         /// The last lines of its output.
         output: String,
+        /// What to try, from what the output says (empty when nothing fits).
+        hint: String,
         /// The tail of the guest console.
         console: String,
     },
@@ -127,6 +155,7 @@ pub fn build(
     raw: &Path,
     work: &Path,
 ) -> Result<Option<PathBuf>, FullImageError> {
+    interrupt::enter(Phase::Staging)?;
     let toplevels = toplevels(spec)?;
     let plan = install::plan_install(spec, &toplevels, closure)?;
     // Removed when this returns, whatever happens.
@@ -138,9 +167,11 @@ pub fn build(
     let work = scratch.path();
     let staging = work.join("image-root");
     install::materialise(&plan.root, &staging)?;
+    interrupt::enter(Phase::Sizing)?;
     let size = size_root(spec, closure, &staging, &toplevels)?;
     let table = lay_out(spec, &size)?;
     create_disk(raw, &table)?;
+    interrupt::enter(Phase::Staging)?;
     let tar = work.join("image-root.tar");
     pack(&staging, &tar)?;
     let paths_file = work.join("store-paths");
@@ -164,7 +195,16 @@ pub fn build(
         paths_file: &paths_file,
         efi_vars: efi_vars.as_deref(),
     };
-    runtime.block_on(run_in_vm(spec, &vm_files, &steps))?;
+    interrupt::enter(Phase::Vm)?;
+    // A signal drops the VM at once: QEMU and the daemon are killed and the
+    // run directory removed before this returns.
+    runtime.block_on(async {
+        tokio::select! {
+            result = run_in_vm(spec, &vm_files, &steps) => result,
+            signal = interrupt::cancelled() => Err(Interrupted { signal, phase: Phase::Vm }.into()),
+        }
+    })?;
+    interrupt::enter(Phase::FixTimes)?;
     if spec.deterministic && matches!(spec.fs_type, FsType::Ext4 | FsType::Ext3 | FsType::Ext2) {
         let offset = match table.kind {
             layout::TableKind::None => 0,
@@ -285,14 +325,15 @@ fn create_disk(raw: &Path, table: &PartitionTable) -> Result<(), FullImageError>
 }
 
 fn pack(staging: &Path, tar: &Path) -> Result<(), FullImageError> {
-    let output = Command::new("tar")
-        .arg("-C")
-        .arg(staging)
-        .args(["--numeric-owner", "-cf"])
-        .arg(tar)
-        .arg(".")
-        .output()
-        .map_err(io("could not run tar for", tar))?;
+    let output = interrupt::run_output(
+        Command::new("tar")
+            .arg("-C")
+            .arg(staging)
+            .args(["--numeric-owner", "-cf"])
+            .arg(tar)
+            .arg("."),
+    )
+    .map_err(io("could not run tar for", tar))?;
     if !output.status.success() {
         return Err(FullImageError::Tar(
             String::from_utf8_lossy(&output.stderr).trim().to_owned(),
@@ -325,6 +366,7 @@ async fn run_in_vm(
             nixdisk_firmware::FirmwareKind::Bios
         },
         memory_mib: spec.mem_size,
+        accel: builder_vm::AccelChoice::from_env(),
         // One vCPU for deterministic builds: ext4 allocates from per-CPU
         // groups, so a second CPU makes block placement depend on scheduling.
         smp: if spec.deterministic { 1 } else { 2 },
@@ -339,7 +381,7 @@ async fn run_in_vm(
     let spinner = crate::progress::spinner("starting the builder VM");
     let vm = BuilderVm::start(&config).await;
     spinner.finish_and_clear();
-    let mut vm = vm?;
+    let mut vm = vm.map_err(vm_error("starting"))?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         accel = ?vm.accel(),
@@ -353,12 +395,17 @@ async fn run_in_vm(
         let source = tokio::fs::File::open(file)
             .await
             .map_err(io("could not open", file))?;
-        vm.agent().write_file(guest, 0o600, source).await?;
+        let bytes = source.metadata().await.map(|m| m.len()).unwrap_or(0);
+        vm.agent()
+            .write_file(guest, 0o600, source)
+            .await
+            .map_err(|source| receive_error(guest, bytes, spec.mem_size, source))?;
     }
     let bar = crate::progress::steps_bar(steps.len() as u64, "installing");
     for step in steps {
         bar.set_message(step.name);
-        if let Err(error) = run_step(&mut vm, step).await {
+        let hint = |output: &str| steps::failure_hint(output, spec.disk_size);
+        if let Err(error) = run_step(&mut vm, step, hint).await {
             bar.finish_and_clear();
             return Err(error);
         }
@@ -366,19 +413,56 @@ async fn run_in_vm(
     }
     bar.finish_and_clear();
     match files.efi_vars {
-        Some(keep) => {
-            vm.shutdown_and_keep_efi_vars(POWER_OFF_TIMEOUT, keep)
-                .await?
-        }
-        None => vm.shutdown(POWER_OFF_TIMEOUT).await?,
+        Some(keep) => vm.shutdown_and_keep_efi_vars(POWER_OFF_TIMEOUT, keep).await,
+        None => vm.shutdown(POWER_OFF_TIMEOUT).await,
     }
-    Ok(())
+    .map_err(vm_error("powering off"))
+}
+
+/// The error for a file the builder could not receive: out of memory when
+/// its tmpfs (half of memSize) is full, else what the VM reported.
+fn receive_error(
+    file: &'static str,
+    bytes: u64,
+    mem_size: u64,
+    source: builder_vm::Error,
+) -> FullImageError {
+    match &source {
+        builder_vm::Error::Agent { message, .. } if message.contains("No space left") => {
+            const MIB: u64 = 1024 * 1024;
+            // The tmpfs gets half the memory; leave the same again for the
+            // kernel, the agent and the tools.
+            let suggested = (2 * bytes.div_ceil(MIB) + 256).next_multiple_of(256);
+            FullImageError::BuilderMemory {
+                file,
+                bytes,
+                mem_size,
+                suggested,
+                source,
+            }
+        }
+        _ => FullImageError::Vm {
+            during: format!("receiving {file} ({})", sizing::human(bytes)),
+            source,
+        },
+    }
+}
+
+fn vm_error(during: &str) -> impl FnOnce(builder_vm::Error) -> FullImageError {
+    let during = during.to_owned();
+    move |source| FullImageError::Vm { during, source }
 }
 
 /// Runs one step's script in the builder VM, logging its output at debug
 /// level; returns its standard output. A non-zero exit is
-/// [`FullImageError::Step`] with the output's and the console's last lines.
-pub(crate) async fn run_step(vm: &mut BuilderVm, step: &Step) -> Result<Vec<u8>, FullImageError> {
+/// [`FullImageError::Step`] with the output's and the console's last lines,
+/// and what `hint` makes of the output's tail.
+pub(crate) async fn run_step(
+    vm: &mut BuilderVm,
+    step: &Step,
+    hint: impl FnOnce(&str) -> String,
+) -> Result<Vec<u8>, FullImageError> {
+    tracing::debug!(step = step.name, "running step");
     let started = Instant::now();
     let mut output = Vec::new();
     let mut stdout = Vec::new();
@@ -393,13 +477,16 @@ pub(crate) async fn run_step(vm: &mut BuilderVm, step: &Step) -> Result<Vec<u8>,
                 tracing::debug!(target: "nixdisk::guest", "{line}");
             }
         })
-        .await?;
+        .await
+        .map_err(vm_error(&format!("running step `{}`", step.name)))?;
     if code != 0 {
+        let output = crate::convert::stderr_tail(&output, 20);
         return Err(FullImageError::Step {
             step: step.name,
             status: format!("exit status {code}"),
-            output: crate::convert::stderr_tail(&output, 20),
-            console: vm.console(),
+            hint: hint(&output),
+            output,
+            console: vm.console_tail(),
         });
     }
     tracing::info!(

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use crate::install::ChownOp;
 use crate::layout::{PartitionTable, Role, TableKind};
-use crate::spec::{FsType, ImageSpec};
+use crate::spec::{DiskSize, FsType, ImageSpec};
 
 /// The target disk as the builder VM sees it: the first virtio disk.
 pub const TARGET_DISK: &str = "/dev/vda";
@@ -280,6 +280,29 @@ fn chown_script(chowns: &[ChownOp]) -> String {
         );
     }
     script
+}
+
+/// A hint for a failed step, from what its output says; empty when none
+/// fits. Begins with a newline.
+pub fn failure_hint(output: &str, disk_size: DiskSize) -> String {
+    if output.contains("No space left on device") {
+        return match disk_size {
+            DiskSize::Fixed(_) => "\nhint: the data outgrew the fixed diskSize (it changed after \
+                                   planning, or the disk is too tight): use diskSize \"auto\", or a \
+                                   larger diskSize"
+                .to_owned(),
+            DiskSize::Auto => "\nhint: the automatic size was too small: please report this with \
+                               the output above; additionalSpace adds room meanwhile"
+                .to_owned(),
+        };
+    }
+    if output.contains("cannot stat '/nix/store/") {
+        return "\nhint: a store path of the closure vanished from the host's store after \
+                planning (garbage-collected?): keep the system alive with a GC root while \
+                the image builds"
+            .to_owned();
+    }
+    String::new()
 }
 
 #[cfg(test)]

@@ -59,11 +59,12 @@ pub fn fix_ext4_times(raw: &Path, offset: u64, work: &Path) -> Result<(), FullIm
     let device = format!("{}?offset={offset}", raw.display());
     tracing::debug!(inodes = inodes.len(), "fixing the root's ext4 times");
     debugfs(&device, &inodes_script(&inodes, FIXED_TIME), work)?;
-    let output = Command::new("e2fsck")
-        .args(["-fy", &device])
-        .env("E2FSPROGS_FAKE_TIME", FIXED_TIME.to_string())
-        .output()
-        .map_err(super::io("could not run e2fsck on", raw))?;
+    let output = crate::interrupt::run_output(
+        Command::new("e2fsck")
+            .args(["-fy", &device])
+            .env("E2FSPROGS_FAKE_TIME", FIXED_TIME.to_string()),
+    )
+    .map_err(super::io("could not run e2fsck on", raw))?;
     // 0: clean, 1: errors corrected (the checksums, as intended).
     if !matches!(output.status.code(), Some(0 | 1)) {
         return Err(FullImageError::Times {
@@ -83,12 +84,13 @@ pub fn fix_ext4_times(raw: &Path, offset: u64, work: &Path) -> Result<(), FullIm
 /// depend on when the guest committed.
 fn recreate_journal(device: &str, raw: &Path) -> Result<(), FullImageError> {
     let tool = |program: &str, args: &[&str]| -> Result<String, FullImageError> {
-        let output = Command::new(program)
-            .args(args)
-            .arg(device)
-            .env("E2FSPROGS_FAKE_TIME", FIXED_TIME.to_string())
-            .output()
-            .map_err(super::io("could not run e2fsprogs on", raw))?;
+        let output = crate::interrupt::run_output(
+            Command::new(program)
+                .args(args)
+                .arg(device)
+                .env("E2FSPROGS_FAKE_TIME", FIXED_TIME.to_string()),
+        )
+        .map_err(super::io("could not run e2fsprogs on", raw))?;
         if !output.status.success() {
             return Err(FullImageError::Times {
                 detail: format!(
@@ -130,15 +132,16 @@ fn journal_kib(header: &str) -> Option<u64> {
 fn debugfs(device: &str, script: &str, work: &Path) -> Result<(), FullImageError> {
     let script_file = work.join("times.debugfs");
     std::fs::write(&script_file, script).map_err(super::io("could not write", &script_file))?;
-    let output = Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&script_file)
-        .arg(device)
-        // debugfs stamps the superblock's write time when it closes.
-        .env("E2FSPROGS_FAKE_TIME", FIXED_TIME.to_string())
-        .output()
-        .map_err(super::io("could not run debugfs for", &script_file))?;
+    let output = crate::interrupt::run_output(
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&script_file)
+            .arg(device)
+            // debugfs stamps the superblock's write time when it closes.
+            .env("E2FSPROGS_FAKE_TIME", FIXED_TIME.to_string()),
+    )
+    .map_err(super::io("could not run debugfs for", &script_file))?;
     // debugfs exits 0 even when a command fails; it says so on stderr, where
     // otherwise only its version banner goes.
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -148,3 +148,19 @@ fn only_deterministic_ext4_is_mounted_without_delayed_allocation() {
     let steps = plan_steps(&spec, &table, &inputs());
     assert!(steps[0].script.ends_with("\nmount /dev/vda /mnt/root\n"));
 }
+
+#[test]
+fn failed_steps_get_a_hint_from_their_output() {
+    use crate::spec::ByteSize;
+    let full = "cp: error writing '/mnt/root/nix/store/x/data': No space left on device";
+    let fixed = failure_hint(full, DiskSize::Fixed(ByteSize(64 << 20)));
+    assert!(
+        fixed.starts_with("\nhint: the data outgrew the fixed diskSize"),
+        "{fixed}"
+    );
+    let auto = failure_hint(full, DiskSize::Auto);
+    assert!(auto.contains("please report this"), "{auto}");
+    let gone = "cp: cannot stat '/nix/store/abc-x': No such file or directory";
+    assert!(failure_hint(gone, DiskSize::Auto).contains("vanished"));
+    assert_eq!(failure_hint("mkfs.ext4: bad option", DiskSize::Auto), "");
+}
