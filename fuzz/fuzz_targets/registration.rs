@@ -35,7 +35,10 @@ fuzz_target!(|input: &[u8]| {
         }
         let digest = info.nar_hash.strip_prefix("sha256:").expect("prefix");
         assert!(
-            digest.len() == 64 && digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            digest.len() == 64
+                && digest
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
             "hash {:?}",
             info.nar_hash
         );

@@ -73,7 +73,10 @@ impl Write for SparseDisk {
             return Ok(0);
         }
         if self.pos >= self.size {
-            return Err(Error::new(ErrorKind::StorageFull, "write past the end of the disk"));
+            return Err(Error::new(
+                ErrorKind::StorageFull,
+                "write past the end of the disk",
+            ));
         }
         let sector = self.pos / SECTOR;
         let within = (self.pos % SECTOR) as usize;

@@ -5,7 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nixdisk_agent::protocol::{AgentMessage, Decoder, Frame, HostMessage, encode_frame, read_frame};
+use nixdisk_agent::protocol::{
+    AgentMessage, Decoder, Frame, HostMessage, encode_frame, read_frame,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -15,7 +17,9 @@ where
     M: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
 {
     let bytes = encode_frame(frame).expect("a decoded frame encodes");
-    let again = Decoder::<M>::new().feed(&bytes).expect("an encoded frame decodes");
+    let again = Decoder::<M>::new()
+        .feed(&bytes)
+        .expect("an encoded frame decodes");
     assert_eq!(again.as_slice(), std::slice::from_ref(frame));
 }
 
