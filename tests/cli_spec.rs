@@ -477,3 +477,19 @@ fn a_closure_info_with_a_bad_store_path_is_refused() {
         assert!(!s.out().exists(), "the output directory was created");
     }
 }
+
+/// `additionalPaths` may be relative or a link (`./result`), so Nix resolves
+/// them; one that climbs out of the store is refused with Nix's reason.
+#[test]
+fn additional_paths_outside_the_store_are_refused() {
+    let s = Scratch::new();
+    let spec = s.spec(r#"{"onlyNixStore": true, "additionalPaths": ["/nix/store/../../etc"]}"#);
+    let output = s.build(&["--spec", path_str(&spec)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("'/etc' is not in the Nix store"),
+        "{stderr}"
+    );
+    assert!(!s.out().exists(), "the output directory was created");
+}
