@@ -131,6 +131,15 @@ pub fn read_table_from<D: Read + Seek>(
                     ))
                 })?;
                 let first = u64::from(entry.starting_lba);
+                let end = first + u64::from(entry.sectors);
+                let sectors = disk_size / SECTOR_SIZE;
+                if first == 0 || end == first || end > sectors {
+                    return Err(unknown(format!(
+                        "MBR partition {index} runs from sector {first} for {} sectors, outside the disk's sectors 1 to {}",
+                        entry.sectors,
+                        sectors.saturating_sub(1)
+                    )));
+                }
                 let mut partition =
                     bare(*index as u32, role, first, first + u64::from(entry.sectors));
                 partition.mbr_type = Some(entry.sys);

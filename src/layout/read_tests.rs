@@ -97,3 +97,37 @@ fn a_damaged_primary_gpt_falls_back_to_the_backup() {
         expected
     );
 }
+
+/// Found by fuzzing: an MBR entry of 0 sectors at sector 0 read as a
+/// partition, and writing that table back underflowed. Entries that are
+/// empty, start on the MBR itself or run past the disk are refused.
+#[test]
+fn mbr_entries_outside_the_disk_are_refused() {
+    for (start, sectors, expected) in [
+        (
+            0u32,
+            0u32,
+            "MBR partition 1 runs from sector 0 for 0 sectors",
+        ),
+        (
+            0,
+            2048,
+            "MBR partition 1 runs from sector 0 for 2048 sectors",
+        ),
+        (
+            2048,
+            0,
+            "MBR partition 1 runs from sector 2048 for 0 sectors",
+        ),
+        (2048, u32::MAX, "outside the disk's sectors 1 to"),
+    ] {
+        let mut disk = Cursor::new(vec![0u8; 4 * MIB as usize]);
+        let bytes = disk.get_mut();
+        let entry = &mut bytes[446..462];
+        entry[4] = crate::layout::MBR_LINUX;
+        entry[8..12].copy_from_slice(&start.to_le_bytes());
+        entry[12..16].copy_from_slice(&sectors.to_le_bytes());
+        bytes[510..512].copy_from_slice(&[0x55, 0xAA]);
+        refused(&mut disk, expected);
+    }
+}
