@@ -162,6 +162,37 @@ fn assert_clear(error: &Error, since: Instant, limit: Duration, what: &str) {
     assert!(text.contains(what), "expected {what:?} in:\n{text}");
 }
 
+/// The guest sees the host only read-only: a write into a host directory
+/// fails, also after remounting the share read-write (QEMU's `readonly=on`
+/// refuses writes on the host side), and nothing appears on the host.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_guest_cannot_write_the_host_share() {
+    if !support::require_vm_tools() {
+        return;
+    }
+    let scope = VmScope::new();
+    let mut vm = started(&scope).await;
+    // Outside /tmp: the guest has a /tmp of its own.
+    let host_dir = tempfile::Builder::new()
+        .prefix("nixdisk-share-probe-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("a host directory");
+    let probe = host_dir.path().join("written-by-the-guest");
+    let probe_text = probe.to_str().expect("a UTF-8 path");
+    let (code, _, stderr) = run(&mut vm, &["sh", "-c", &format!("echo x > {probe_text}")]).await;
+    assert_ne!(code, 0, "the write succeeded");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    let remount = format!("mount -o remount,rw / ; echo x > {probe_text} || exit 1; sync");
+    let (code, _, stderr) = run(&mut vm, &["sh", "-c", &remount]).await;
+    assert_ne!(code, 0, "the write after a remount succeeded: {stderr}");
+    let (code, _, _) = run(&mut vm, &["touch", "/etc/nixdisk-share-probe"]).await;
+    assert_ne!(code, 0, "touching the host's /etc succeeded");
+    assert!(!probe.exists(), "the guest wrote {}", probe.display());
+    assert!(!std::path::Path::new("/etc/nixdisk-share-probe").exists());
+    vm.stop_and_assert_gone();
+    scope.assert_clean();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_panic_ends_the_run_with_the_console_tail() {
     if !support::require_vm_tools() {

@@ -419,3 +419,77 @@ fn logs_go_to_stderr_and_follow_verbosity() {
     assert!(!check(&["-q"], None).contains("spec checked"));
     assert!(check(&["-q"], Some("nixdisk=debug")).contains("spec checked"));
 }
+
+/// Values that would put something outside the image or the output
+/// directory are refused up front, naming the field and what is allowed.
+#[test]
+fn escaping_names_and_targets_are_refused_up_front() {
+    let s = Scratch::new();
+    let system = s.system();
+    let target = r#"{"contents": [{"source": "/etc/hostname", "target": "../../x"}]}"#;
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            target,
+            &["contents[0].target", "an absolute path inside the image"],
+        ),
+        (
+            r#"{"baseName": "../escape"}"#,
+            &["baseName", "a plain file name"],
+        ),
+        (r#"{"label": "a/b"}"#, &["label", "other than `/`"]),
+        (
+            r#"{"configFile": "/etc/x\ny"}"#,
+            &["configFile", "without control characters"],
+        ),
+    ];
+    for (text, expected) in cases {
+        let spec = s.spec(text);
+        let output = s.build(&["--spec", path_str(&spec), "--system", path_str(&system)]);
+        refused(&s, &output, expected);
+    }
+}
+
+/// A closureInfo whose store paths are not plain store names (a blank, a
+/// climb out of the store) is refused before anything is built, naming the
+/// file and line.
+#[test]
+fn a_closure_info_with_a_bad_store_path_is_refused() {
+    let hash = "0ysj00x31q08vxsznqd9pmvwa0rrzza8";
+    for (name, why) in [
+        ("a b", "its name has the character ' '"),
+        ("x/../../../etc", "not directly in /nix/store"),
+    ] {
+        let s = Scratch::new();
+        let info = s.dir.path().join("closure-info");
+        std::fs::create_dir(&info).expect("closureInfo dir");
+        let path = format!("/nix/store/{hash}-{name}");
+        let registration = format!("{path}\nsha256:{}\n8\n\n0\n", "0".repeat(64));
+        std::fs::write(info.join("registration"), registration).expect("registration");
+        std::fs::write(info.join("store-paths"), format!("{path}\n")).expect("store-paths");
+        let spec = s.spec(r#"{"onlyNixStore": true}"#);
+        let output = s.build(&["--spec", path_str(&spec), "--system", path_str(&info)]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("store-paths:1:") && stderr.contains(why),
+            "{stderr}"
+        );
+        assert!(!s.out().exists(), "the output directory was created");
+    }
+}
+
+/// `additionalPaths` may be relative or a link (`./result`), so Nix resolves
+/// them; one that climbs out of the store is refused with Nix's reason.
+#[test]
+fn additional_paths_outside_the_store_are_refused() {
+    let s = Scratch::new();
+    let spec = s.spec(r#"{"onlyNixStore": true, "additionalPaths": ["/nix/store/../../etc"]}"#);
+    let output = s.build(&["--spec", path_str(&spec)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("'/etc' is not in the Nix store"),
+        "{stderr}"
+    );
+    assert!(!s.out().exists(), "the output directory was created");
+}

@@ -221,6 +221,9 @@ fn none_is_a_bare_file_system_without_a_bootloader() {
     drop(lower);
 }
 
+/// A contents target full of shell metacharacters.
+const ODD_TARGET: &str = "/srv/it's $(touch pwned) `id`; \"x\" *";
+
 #[test]
 fn contents_get_their_modes_and_owners() {
     let toplevel = example_system(&["--bootloader", "grub"]);
@@ -230,12 +233,17 @@ fn contents_get_their_modes_and_owners() {
     let tree = sources.path().join("tree");
     std::fs::create_dir_all(tree.join("sub")).expect("a source tree");
     std::fs::write(tree.join("sub/data"), "data\n").expect("a source file");
+    // A link out of the image is placed as a link, never followed.
+    std::os::unix::fs::symlink("/etc", tree.join("escape")).expect("a source link");
     let spec = serde_json::json!({
         "contents": [
             { "source": file, "target": "/etc/motd", "mode": "0640",
               "user": "root", "group": "root" },
             { "source": tree, "target": "/srv/tree",
               "user": "1234", "group": "567" },
+            // Shell metacharacters are plain characters of the name: the
+            // guest's chown line quotes them.
+            { "source": file, "target": ODD_TARGET, "user": "1234", "group": "567" },
         ]
     });
     let spec_file = sources.path().join("spec.json");
@@ -266,12 +274,70 @@ fn contents_get_their_modes_and_owners() {
         std::fs::read_to_string(root.join("etc/motd")).expect("readable"),
         "hello from contents\n"
     );
-    for path in ["srv/tree", "srv/tree/sub", "srv/tree/sub/data"] {
+    for path in [
+        "srv/tree",
+        "srv/tree/sub",
+        "srv/tree/sub/data",
+        "srv/tree/escape",
+        ODD_TARGET.trim_start_matches('/'),
+    ] {
         let meta = std::fs::symlink_metadata(root.join(path)).expect("placed");
         assert_eq!((meta.uid(), meta.gid()), (1234, 567), "/{path}'s owner");
     }
+    assert_eq!(
+        std::fs::read_link(root.join("srv/tree/escape")).expect("a link"),
+        Path::new("/etc")
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join(ODD_TARGET.trim_start_matches('/'))).expect("placed"),
+        "hello from contents\n"
+    );
     drop(merged);
     drop(lower);
+}
+
+/// Contents that would climb out of the image, or be placed through a link
+/// pointing out of it, are refused while planning; nothing is left.
+#[test]
+fn contents_that_escape_the_image_are_refused() {
+    let toplevel = example_system(&["--bootloader", "grub"]);
+    let sources = tempfile::tempdir().expect("a temporary directory");
+    let file = sources.path().join("motd");
+    std::fs::write(&file, "x\n").expect("a source file");
+    let links = sources.path().join("links");
+    std::fs::create_dir(&links).expect("a source directory");
+    std::os::unix::fs::symlink("/etc", links.join("etc")).expect("a source link");
+    let cases = [
+        (
+            serde_json::json!([{ "source": file, "target": "../../x" }]),
+            "contents[0].target",
+        ),
+        (
+            serde_json::json!([{ "source": file, "target": "/etc/../../x" }]),
+            "without `.` or `..` components",
+        ),
+        (
+            serde_json::json!([
+                { "source": format!("{}/*", links.display()), "target": "/srv" },
+                { "source": file, "target": "/srv/etc/passwd" },
+            ]),
+            "two things are placed at /srv/etc",
+        ),
+    ];
+    for (contents, needle) in cases {
+        let spec_file = sources.path().join("spec.json");
+        let spec = serde_json::json!({ "contents": contents });
+        std::fs::write(&spec_file, spec.to_string()).expect("the spec");
+        let attempt = nixdisk_build(&[
+            "--spec",
+            spec_file.to_str().expect("UTF-8"),
+            "--system",
+            toplevel.to_str().expect("UTF-8"),
+            "--partition-table",
+            "none",
+        ]);
+        assert_failed_cleanly(&attempt, needle);
+    }
 }
 
 /// Asserts that a failed build said `needle`, left no output directory, and

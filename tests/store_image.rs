@@ -576,3 +576,48 @@ fn staging_on_another_file_system_copies_and_keeps_links() {
     drop(tree);
     assert!(!root.exists(), "the staged tree is removed on drop");
 }
+
+/// A store path that is a symlink out of the store (`-> /etc`) lands in the
+/// image as that symlink, through the real `nixdisk build`: nothing of what
+/// it points to is copied, with bind-mount or hard-link staging alike.
+#[test]
+fn a_store_path_linking_out_of_the_store_stays_a_link() {
+    let source = tempfile::tempdir().expect("temp dir");
+    std::os::unix::fs::symlink("/etc", source.path().join("escape")).expect("a link");
+    let link = store_tree::add_to_store(&source.path().join("escape"));
+    assert!(fs::symlink_metadata(&link).expect("added").is_symlink());
+    let name = link.file_name().expect("a name").to_str().expect("UTF-8");
+    let spec = serde_json::json!({
+        "onlyNixStore": true,
+        "additionalPaths": [link],
+        "partitionTableType": "none",
+    });
+    let spec_file = source.path().join("spec.json");
+    fs::write(&spec_file, spec.to_string()).expect("the spec");
+    let out = source.path().join("out");
+    let _one_at_a_time = one_at_a_time();
+    run(Command::new(env!("CARGO_BIN_EXE_nixdisk"))
+        .args(["build", "-q", "--spec"])
+        .arg(&spec_file)
+        .arg("--out")
+        .arg(&out));
+    let image = out.join("nixos.img");
+    let stat = run(Command::new("debugfs")
+        .args(["-R", &format!("stat /{name}")])
+        .arg(&image));
+    assert!(stat.contains("Type: symlink"), "{stat}");
+    let target = run(Command::new("debugfs")
+        .args(["-R", &format!("cat /{name}")])
+        .arg(&image));
+    let listing = run(Command::new("debugfs").args(["-R", "ls -p /"]).arg(&image));
+    let names: Vec<&str> = listing
+        .lines()
+        .filter_map(|line| line.split('/').nth(5))
+        .filter(|n| !n.is_empty() && !n.starts_with('.') && *n != "lost+found")
+        .collect();
+    assert_eq!(
+        names,
+        [name],
+        "only the link is at the root: {listing}\n{target}"
+    );
+}

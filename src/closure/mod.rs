@@ -12,11 +12,13 @@
 
 mod nix_store;
 pub mod registration;
+pub mod store_path;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 pub use registration::{normalise_nar_hash, parse_registration, render_registration};
+pub use store_path::{STORE_DIR, is_store_path, parse_store_paths, store_path_problem};
 
 /// The file of a closureInfo directory that lists the closure's paths.
 pub const STORE_PATHS_FILE: &str = "store-paths";
@@ -198,10 +200,11 @@ impl Closure {
             })
         };
         let store_paths = read(STORE_PATHS_FILE)?;
+        let store_paths = parse_store_paths(&store_paths, &dir.join(STORE_PATHS_FILE))?;
         let registration = read(REGISTRATION_FILE)?;
         let infos = parse_registration(&registration, &dir.join(REGISTRATION_FILE))?;
         let closure = Closure::new(infos)?;
-        closure.check_store_paths(dir, &store_paths)?;
+        closure.check_store_paths(dir, store_paths)?;
         Ok(closure)
     }
 
@@ -308,13 +311,8 @@ impl Closure {
         Ok(())
     }
 
-    fn check_store_paths(&self, dir: &Path, store_paths: &str) -> Result<(), ClosureError> {
-        let listed: BTreeSet<PathBuf> = store_paths
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.is_empty())
-            .map(PathBuf::from)
-            .collect();
+    fn check_store_paths(&self, dir: &Path, listed: Vec<PathBuf>) -> Result<(), ClosureError> {
+        let listed: BTreeSet<PathBuf> = listed.into_iter().collect();
         let registered: BTreeSet<PathBuf> = self.store_paths().map(Path::to_owned).collect();
         if listed == registered {
             return Ok(());

@@ -7,16 +7,13 @@
 //! and normalised to `sha256:<base16>`, the form Nix's database stores; the
 //! writer emits that form, which `--load-db` accepts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use super::store_path::store_path;
 use super::{ClosureError, StorePathInfo};
 
 /// Length of a SHA-256 digest in bytes.
 const SHA256_BYTES: usize = 32;
-/// Length of the hash part of a store path's base name.
-const STORE_HASH_CHARS: usize = 32;
-/// The characters of Nix's base32 alphabet.
-const NIX_BASE32_CHARS: &str = "0123456789abcdfghijklmnpqrsvwxyz";
 
 /// Turns a NAR hash as Nix prints it (`sha256:<base16>`, `sha256:<base32>`
 /// or bare base16 of 64 digits) into `sha256:<base16>`. Returns `None` when
@@ -45,23 +42,6 @@ fn decode_base16(text: &str) -> Option<Vec<u8>> {
 
 fn encode_base16(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Whether `text` looks like a store path: absolute, its base name a
-/// 32-character Nix base32 hash, a dash and a name.
-fn is_store_path(text: &str) -> bool {
-    let path = Path::new(text);
-    if !path.is_absolute() {
-        return false;
-    }
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    name.len() > STORE_HASH_CHARS + 1
-        && name.as_bytes()[STORE_HASH_CHARS] == b'-'
-        && name[..STORE_HASH_CHARS]
-            .chars()
-            .all(|c| NIX_BASE32_CHARS.contains(c))
 }
 
 /// Reads registration text. `file` names its source in error messages.
@@ -130,23 +110,6 @@ pub fn parse_registration(text: &str, file: &Path) -> Result<Vec<StorePathInfo>,
         });
     }
     Ok(infos)
-}
-
-fn store_path(
-    file: &Path,
-    line: usize,
-    text: &str,
-    expected: &str,
-) -> Result<PathBuf, ClosureError> {
-    if is_store_path(text) {
-        Ok(PathBuf::from(text))
-    } else {
-        Err(ClosureError::Malformed {
-            file: file.to_owned(),
-            line,
-            problem: format!("`{text}` is not {expected} (like /nix/store/<32-char hash>-<name>)"),
-        })
-    }
 }
 
 /// The lines of a registration with their 1-based numbers.

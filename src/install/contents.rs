@@ -30,7 +30,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::accounts::{Accounts, Lookup};
 use super::image_root::{Entry, EntryKind, ImageRootError, ImageRootPlan};
-use crate::spec::ContentEntry;
+use crate::spec::{ContentEntry, ROOT_TARGET_ALLOWED, target_problem};
 use walk::Walker;
 
 /// What went wrong resolving `contents`.
@@ -65,13 +65,13 @@ pub enum ContentsError {
         reason: String,
     },
     /// A target is not an absolute path inside the image.
-    #[error("contents[{index}].target `{target}` is not allowed: {reason}")]
+    #[error("contents[{index}].target {target:?} is not allowed: expected {reason}")]
     BadTarget {
         /// The entry's index.
         index: usize,
         /// The target as written.
         target: String,
-        /// Why, and what is allowed.
+        /// What is allowed.
         reason: &'static str,
     },
     /// A mode is not octal permission bits.
@@ -233,7 +233,7 @@ pub fn resolve_contents(
                 return Err(ContentsError::BadTarget {
                     index,
                     target: entry.target.clone(),
-                    reason: "it is the image root; only a glob may place into `/`",
+                    reason: ROOT_TARGET_ALLOWED,
                 });
             }
             // As make-disk-image: a plain target must not exist yet, not
@@ -306,38 +306,24 @@ fn resolve_id(
     })
 }
 
-/// `/a//b/` -> `a/b`; refuses relative paths, `.`, `..` and NUL.
+/// `/a//b/` -> `a/b`; refuses what [`target_problem`] refuses (relative
+/// paths, `.`, `..`, control characters), as spec validation does.
 pub fn normalise_target(index: usize, target: &str) -> Result<PathBuf, ContentsError> {
-    let bad = |reason| ContentsError::BadTarget {
-        index,
-        target: target.to_owned(),
-        reason,
-    };
-    if !target.starts_with('/') {
-        return Err(bad("it must be an absolute path inside the image"));
+    if let Some(problem) = target_problem(target) {
+        return Err(ContentsError::BadTarget {
+            index,
+            target: target.to_owned(),
+            reason: problem.allowed(),
+        });
     }
-    if target.contains('\0') {
-        return Err(bad("it contains a NUL byte"));
-    }
-    let mut normal = PathBuf::new();
-    for component in Path::new(target).components() {
-        match component {
-            Component::RootDir => {}
-            Component::Normal(part) => normal.push(part),
-            _ => {
-                return Err(bad(
-                    "`.` and `..` are not allowed: contents stay inside the image",
-                ));
-            }
-        }
-    }
-    // Path::components drops `.` silently; look for it in the text.
-    if target.split('/').any(|part| part == "." || part == "..") {
-        return Err(bad(
-            "`.` and `..` are not allowed: contents stay inside the image",
-        ));
-    }
-    Ok(normal)
+    // Only root and normal components remain: the checks above refused the rest.
+    Ok(Path::new(target)
+        .components()
+        .filter_map(|component| match component {
+            Component::Normal(part) => Some(part),
+            _ => None,
+        })
+        .collect())
 }
 
 fn parse_mode(index: usize, mode: &str) -> Result<u32, ContentsError> {

@@ -269,3 +269,51 @@ fn placements_join_the_image_root_plan() {
     );
     assert_eq!(plan.get(Path::new("srv")).unwrap().mode, 0o755);
 }
+
+#[test]
+fn links_out_of_the_image_are_placed_as_links_and_nothing_goes_through_them() {
+    let host = host_tree();
+    // Stands for the host's /etc: it must stay untouched.
+    let outside = tempfile::tempdir().unwrap();
+    let links = host.path().join("links");
+    std::fs::create_dir(&links).unwrap();
+    symlink(outside.path(), links.join("etc")).unwrap();
+    symlink("/etc/passwd", links.join("passwd")).unwrap();
+    let glob = entry(&links.join("*"), "/srv");
+    let resolved = resolve_contents(std::slice::from_ref(&glob), &Accounts::builtin()).unwrap();
+    assert_eq!(
+        summary(&resolved),
+        [
+            "0 0755 d /srv".to_owned(),
+            format!("0 0000 l->{} /srv/etc", outside.path().display()),
+            "0 0000 l->/etc/passwd /srv/passwd".to_owned(),
+        ]
+    );
+
+    // A later entry placing a file through the link is refused when planned.
+    let through = [
+        glob.clone(),
+        entry(&host.path().join("f.txt"), "/srv/etc/f.txt"),
+    ];
+    let resolved_through = resolve_contents(&through, &Accounts::builtin()).unwrap();
+    match resolved_through.add_to(&mut ImageRootPlan::default()) {
+        Err(ImageRootError::Collision { path, .. }) => assert_eq!(path, Path::new("srv/etc")),
+        other => panic!("expected a collision at /srv/etc, got {other:?}"),
+    }
+
+    // Staged, the links stay links and nothing lands where they point.
+    let mut plan = ImageRootPlan::default();
+    resolved.add_to(&mut plan).unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let staging = parent.path().join("image-root");
+    crate::install::materialise(&plan, &staging).unwrap();
+    assert_eq!(
+        std::fs::read_link(staging.join("srv/etc")).unwrap(),
+        outside.path()
+    );
+    assert_eq!(
+        std::fs::read_link(staging.join("srv/passwd")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}

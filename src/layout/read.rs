@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use gptman::GPT;
+use gptman::{GPTHeader, GPTPartitionEntry};
 use mbrman::{MBRHeader, MBRPartitionEntry};
 
 use super::guids::{
@@ -73,14 +73,17 @@ pub fn read_table_from<D: Read + Seek>(
     let (kind, mut partitions) = if mbr_entries.is_empty() {
         (TableKind::None, vec![whole_disk(disk_size)])
     } else if mbr_entries.iter().any(|(_, e)| e.sys == MBR_GPT_PROTECTIVE) {
-        let gpt = GPT::read_from(disk, SECTOR_SIZE).map_err(|source| LayoutError::Gpt {
-            action: "read",
-            path: path.to_owned(),
-            source,
+        let (header, entries) = read_gpt(disk, disk_size).map_err(|problem| match problem {
+            GptProblem::Gptman(source) => LayoutError::Gpt {
+                action: "read",
+                path: path.to_owned(),
+                source,
+            },
+            GptProblem::Corrupt(reason) => unknown(reason),
         })?;
-        let disk_guid = from_disk_bytes(gpt.header.disk_guid);
-        let mut partitions = gpt
-            .iter()
+        let disk_guid = from_disk_bytes(header.disk_guid);
+        let mut partitions = (1..)
+            .zip(&entries)
             .filter(|(_, entry)| entry.is_used())
             .map(|(number, entry)| {
                 let gpt_type = from_disk_bytes(entry.partition_type_guid);
@@ -128,6 +131,15 @@ pub fn read_table_from<D: Read + Seek>(
                     ))
                 })?;
                 let first = u64::from(entry.starting_lba);
+                let end = first + u64::from(entry.sectors);
+                let sectors = disk_size / SECTOR_SIZE;
+                if first == 0 || end == first || end > sectors {
+                    return Err(unknown(format!(
+                        "MBR partition {index} runs from sector {first} for {} sectors, outside the disk's sectors 1 to {}",
+                        entry.sectors,
+                        sectors.saturating_sub(1)
+                    )));
+                }
                 let mut partition =
                     bare(*index as u32, role, first, first + u64::from(entry.sectors));
                 partition.mbr_type = Some(entry.sys);
@@ -154,6 +166,83 @@ pub fn read_table_from<D: Read + Seek>(
         kind,
         partitions,
     })
+}
+
+/// The most GPT partition entries read: the usual 128, with room. A header
+/// announcing more is corrupt (and reading it would allocate for each).
+const MAX_GPT_ENTRIES: u32 = 1024;
+/// The size of a GPT partition entry, the one size gptman reads.
+const GPT_ENTRY_SIZE: u32 = 128;
+
+/// Why a GPT could not be read.
+enum GptProblem {
+    /// gptman refused it (signature, revision, checksums, I/O).
+    Gptman(gptman::Error),
+    /// Its fields contradict each other or the disk.
+    Corrupt(String),
+}
+
+/// The GPT header and entry array: the primary copy, else the backup in the
+/// disk's last sector. Not `GPT::read_from`: it trusts the header's entry
+/// count (allocating for up to 2^32 entries) and panics on a used entry that
+/// starts at sector 0; here the header and every used entry are checked
+/// against the disk first.
+fn read_gpt<D: Read + Seek>(
+    disk: &mut D,
+    disk_size: u64,
+) -> Result<(GPTHeader, Vec<GPTPartitionEntry>), GptProblem> {
+    let sectors = disk_size / SECTOR_SIZE;
+    read_gpt_at(disk, 1, sectors).or_else(|primary| match sectors.checked_sub(1) {
+        Some(last) if last > 1 => read_gpt_at(disk, last, sectors).map_err(|_| primary),
+        _ => Err(primary),
+    })
+}
+
+fn read_gpt_at<D: Read + Seek>(
+    disk: &mut D,
+    lba: u64,
+    sectors: u64,
+) -> Result<(GPTHeader, Vec<GPTPartitionEntry>), GptProblem> {
+    disk.seek(SeekFrom::Start(lba * SECTOR_SIZE))
+        .map_err(|e| GptProblem::Gptman(e.into()))?;
+    let header = GPTHeader::read_from(disk).map_err(GptProblem::Gptman)?;
+    let count = header.number_of_partition_entries;
+    if count > MAX_GPT_ENTRIES || header.size_of_partition_entry != GPT_ENTRY_SIZE {
+        return Err(GptProblem::Corrupt(format!(
+            "its GPT header announces {count} entries of {} bytes (expected at most {MAX_GPT_ENTRIES} of {GPT_ENTRY_SIZE})",
+            header.size_of_partition_entry
+        )));
+    }
+    let array_sectors = (u64::from(count) * u64::from(GPT_ENTRY_SIZE)).div_ceil(SECTOR_SIZE);
+    if header
+        .partition_entry_lba
+        .checked_add(array_sectors)
+        .is_none_or(|end| end > sectors)
+    {
+        return Err(GptProblem::Corrupt(format!(
+            "its GPT entry array at sector {} lies beyond the disk's {sectors} sectors",
+            header.partition_entry_lba
+        )));
+    }
+    let entries = header
+        .read_partitions(disk, SECTOR_SIZE)
+        .map_err(GptProblem::Gptman)?;
+    let usable = header.first_usable_lba..=header.last_usable_lba.min(sectors.saturating_sub(1));
+    for (number, entry) in (1..).zip(&entries).filter(|(_, e)| e.is_used()) {
+        if entry.starting_lba > entry.ending_lba
+            || !usable.contains(&entry.starting_lba)
+            || !usable.contains(&entry.ending_lba)
+        {
+            return Err(GptProblem::Corrupt(format!(
+                "GPT partition {number} runs from sector {} to {}, outside the usable sectors {} to {}",
+                entry.starting_lba,
+                entry.ending_lba,
+                usable.start(),
+                usable.end()
+            )));
+        }
+    }
+    Ok((header, entries))
 }
 
 /// The layout whose table has this kind and these roles, in number order.
@@ -235,3 +324,7 @@ fn bare(number: u32, role: Role, first: u64, end: u64) -> Partition {
         mount_point: None,
     }
 }
+
+#[cfg(test)]
+#[path = "read_tests.rs"]
+mod tests;

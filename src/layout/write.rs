@@ -106,9 +106,11 @@ fn gpt_entry(partition: &Partition) -> GPTPartitionEntry {
     }
 }
 
-/// The MBR's four entries: the partitions with an MBR type, in number order,
-/// after the protective entry when the MBR is a hybrid one.
-fn mbr_entries(table: &PartitionTable, hybrid: bool) -> Vec<MBRPartitionEntry> {
+/// The MBR's entries with their slots (1-4): in a plain MBR each partition
+/// in the slot of its number (the number is the device's, `/dev/vda2` is
+/// slot 2); in a hybrid one the protective entry first, then the mirrored
+/// partitions in number order (their numbers are the GPT's).
+fn mbr_entries(table: &PartitionTable, hybrid: bool) -> Vec<(usize, MBRPartitionEntry)> {
     let mirrored: Vec<&Partition> = table
         .partitions
         .iter()
@@ -141,7 +143,21 @@ fn mbr_entries(table: &PartitionTable, hybrid: bool) -> Vec<MBRPartitionEntry> {
             partition.bootable,
         ));
     }
-    entries
+    let sequential = (1..).zip(entries.iter().cloned());
+    if hybrid {
+        return sequential.collect();
+    }
+    let numbers = table.partitions.iter().filter(|p| p.mbr_type.is_some());
+    sequential
+        .zip(numbers)
+        .map(|((position, entry), partition)| {
+            let slot = usize::try_from(partition.number)
+                .ok()
+                .filter(|n| (1..=4).contains(n))
+                .unwrap_or(position);
+            (slot, entry)
+        })
+        .collect()
 }
 
 /// An MBR entry; `plan` keeps every MBR partition within 2 TiB, so its
@@ -181,7 +197,7 @@ fn chs(lba: u64) -> CHS {
 fn write_mbr<D>(
     disk: &mut D,
     disk_id: u32,
-    entries: &[MBRPartitionEntry],
+    entries: &[(usize, MBRPartitionEntry)],
     path: &Path,
 ) -> Result<(), LayoutError>
 where
@@ -189,8 +205,8 @@ where
 {
     let mut mbr = MBR::new_from(disk, SECTOR_SIZE as u32, disk_id.to_le_bytes())
         .map_err(|source| mbr_error(path, source))?;
-    for (index, entry) in entries.iter().enumerate() {
-        mbr[index + 1] = entry.clone();
+    for (slot, entry) in entries {
+        mbr[*slot] = entry.clone();
     }
     mbr.write_into(disk)
         .map_err(|source| mbr_error(path, source))
@@ -243,6 +259,29 @@ fn mbr_error(path: &Path, source: mbrman::Error) -> LayoutError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing the reader: a plain MBR with its partitions in
+    /// slots 2 and 3 read back as 1 and 2 once rewritten, because the writer
+    /// filled slots in order. Each partition now goes to its number's slot.
+    #[test]
+    fn mbr_partitions_keep_their_slot_numbers() {
+        use crate::layout::{plan, read_table_from};
+        use crate::spec::{FsType, ImageSpec, MIB, PartitionTableType};
+        let spec = ImageSpec {
+            partition_table_type: PartitionTableType::LegacyBoot,
+            ..ImageSpec::default()
+        };
+        let mut table = plan(&spec, 700 * MIB).unwrap();
+        table.partitions[0].number = 2;
+        table.partitions[1].number = 3;
+        let mut disk = std::io::Cursor::new(vec![0; 700 * MIB as usize]);
+        write_table_to(&table, &mut disk, Path::new("t")).unwrap();
+        let read = read_table_from(&mut disk, Path::new("t"), FsType::Ext4).unwrap();
+        assert_eq!(read, table);
+        // Slot 2's type byte (slot 1 stays empty).
+        assert_eq!(disk.get_ref()[446 + 16 + 4], crate::layout::MBR_FAT32_LBA);
+        assert_eq!(disk.get_ref()[446 + 4], 0);
+    }
 
     #[test]
     fn chs_follows_the_255_63_geometry() {

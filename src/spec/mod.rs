@@ -20,7 +20,8 @@ pub use parse::{
 pub use paths::check_paths;
 pub use size::{ByteSize, DiskSize, MIB, SizeError};
 pub use validate::{
-    MAX_MEM_SIZE, MIN_BOOT_PARTITION, MIN_MEM_SIZE, boot_partition_start, max_label_bytes, validate,
+    MAX_MEM_SIZE, MIN_BOOT_PARTITION, MIN_MEM_SIZE, ROOT_TARGET_ALLOWED, TargetProblem,
+    boot_partition_start, max_label_bytes, target_problem, validate,
 };
 
 use std::path::PathBuf;

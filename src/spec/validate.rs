@@ -7,9 +7,14 @@
 mod contents;
 mod names;
 #[cfg(test)]
+mod path_safety_tests;
+#[cfg(test)]
 mod tests;
 
+pub use contents::{ROOT_TARGET_ALLOWED, TargetProblem, target_problem};
 pub use names::max_label_bytes;
+
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -30,6 +35,7 @@ pub const MIN_BOOT_PARTITION: u64 = 8 * MIB;
 /// Checks every rule; `Ok` means the spec can be handed to the build.
 pub fn validate(spec: &ImageSpec) -> Result<(), SpecError> {
     check_systems(spec)?;
+    check_host_paths(spec)?;
     check_disk_size(spec)?;
     check_boot_size(spec)?;
     check_fs_type(spec)?;
@@ -88,6 +94,50 @@ fn check_systems(spec: &ImageSpec) -> Result<(), SpecError> {
     let store_paths_only = spec.only_nix_store && !spec.additional_paths.is_empty();
     if !has_system && !store_paths_only {
         return Err(SpecError::MissingSystem);
+    }
+    Ok(())
+}
+
+/// Host paths go to Nix, `cp` and file names: a control character in one
+/// (a newline, a NUL) is surely a mistake, and some tools would read it as
+/// two paths or cut it short.
+fn check_host_paths(spec: &ImageSpec) -> Result<(), SpecError> {
+    let mut named: Vec<(String, &Path)> = Vec::new();
+    let single = [
+        ("system", &spec.system),
+        ("channelSource", &spec.channel_source),
+        ("configFile", &spec.config_file),
+        ("efiFirmware", &spec.efi_firmware),
+        ("efiVariables", &spec.efi_variables),
+    ];
+    for (field, path) in single {
+        if let Some(path) = path {
+            named.push((field.to_owned(), path));
+        }
+    }
+    for (field, list) in [
+        ("systems", &spec.systems),
+        ("additionalPaths", &spec.additional_paths),
+    ] {
+        for (index, path) in list.iter().enumerate() {
+            named.push((format!("{field}[{index}]"), path));
+        }
+    }
+    for (index, entry) in spec.contents.iter().enumerate() {
+        named.push((
+            format!("contents[{index}].source"),
+            Path::new(&entry.source),
+        ));
+    }
+    for (field, path) in named {
+        if path.to_string_lossy().chars().any(char::is_control) {
+            return Err(invalid(
+                &field,
+                &path,
+                "a path without control characters (newline, tab, NUL, ...)",
+                None,
+            ));
+        }
     }
     Ok(())
 }

@@ -1,4 +1,7 @@
 //! Rules for `contents` entries: where they land, their mode and owner.
+//!
+//! The target rule ([`target_problem`]) is the one the contents step applies
+//! too, so a spec that validates never fails later on its targets.
 
 use super::{invalid, json, setting};
 use crate::spec::{ContentEntry, ImageSpec, SpecError};
@@ -20,20 +23,30 @@ fn check_content_entry(at: &str, entry: &ContentEntry) -> Result<(), SpecError> 
         ));
     }
     let target = &entry.target;
-    if !target.starts_with('/') {
+    if let Some(problem) = target_problem(target) {
+        let hint = match problem {
+            TargetProblem::Relative => {
+                Some(format!("write \"/{}\"", target.trim_start_matches("./")))
+            }
+            _ => None,
+        };
         return Err(invalid(
             &format!("{at}.target"),
             target,
-            "an absolute path inside the image",
-            Some(format!("write \"/{}\"", target.trim_start_matches("./"))),
+            problem.allowed(),
+            hint,
         ));
     }
-    if target.split('/').any(|part| part == "..") || target.contains('\0') {
+    // A glob's matches go into its target; anything else becomes the target.
+    if target.split('/').all(str::is_empty) && !entry.source.contains('*') {
         return Err(invalid(
             &format!("{at}.target"),
             target,
-            "a path without `..` components: contents stay inside the image",
-            None,
+            ROOT_TARGET_ALLOWED,
+            Some(
+                "place a directory's contents into `/` with a glob source, such as \"dir/*\""
+                    .into(),
+            ),
         ));
     }
     if let Some(mode) = &entry.mode
@@ -65,6 +78,51 @@ fn check_content_entry(at: &str, entry: &ContentEntry) -> Result<(), SpecError> 
             Err(invalid(&format!("{at}.group"), group, "a group name", None))
         }
         _ => Ok(()),
+    }
+}
+
+/// What a non-glob source may have as its target instead of `/`.
+pub const ROOT_TARGET_ALLOWED: &str =
+    "a path below `/`: only a glob source may place into the image root";
+
+/// Why a `contents` target cannot be used, as [`target_problem`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetProblem {
+    /// It does not start with `/`.
+    Relative,
+    /// It holds a control character (newline, tab, NUL, ...).
+    ControlCharacter,
+    /// It has a `.` or `..` component.
+    DotComponent,
+}
+
+impl TargetProblem {
+    /// What is allowed instead, for error messages.
+    pub fn allowed(self) -> &'static str {
+        match self {
+            TargetProblem::Relative => "an absolute path inside the image",
+            TargetProblem::ControlCharacter => {
+                "a path without control characters (newline, tab, NUL, ...)"
+            }
+            TargetProblem::DotComponent => {
+                "a path without `.` or `..` components: contents stay inside the image"
+            }
+        }
+    }
+}
+
+/// Why `target` is not a usable `contents` target: it must be absolute,
+/// free of control characters, and have no `.` or `..` component (so it
+/// cannot climb out of the image root, and names one path only).
+pub fn target_problem(target: &str) -> Option<TargetProblem> {
+    if !target.starts_with('/') {
+        Some(TargetProblem::Relative)
+    } else if target.chars().any(char::is_control) {
+        Some(TargetProblem::ControlCharacter)
+    } else if target.split('/').any(|part| part == "." || part == "..") {
+        Some(TargetProblem::DotComponent)
+    } else {
+        None
     }
 }
 

@@ -4,6 +4,9 @@
 use super::{invalid, json};
 use crate::spec::{FsType, ImageSpec, SpecError};
 
+/// The longest file name Linux file systems take, in bytes.
+const MAX_FILE_NAME: usize = 255;
+
 /// The longest label, in bytes, each file system takes; `None`: no label.
 pub fn max_label_bytes(fs: FsType) -> Option<usize> {
     match fs {
@@ -111,12 +114,31 @@ pub(super) fn check_name(spec: &ImageSpec) -> Result<(), SpecError> {
 
 pub(super) fn check_base_name(spec: &ImageSpec) -> Result<(), SpecError> {
     let base = &spec.base_name;
-    if base.is_empty() || base.contains('/') || base.contains('\0') || base.starts_with('.') {
+    let hint =
+        || Some("the image is written as <out>/<baseName>.<extension>, e.g. nixos.qcow2".into());
+    if base.is_empty()
+        || base.contains('/')
+        || base.starts_with('.')
+        || base.chars().any(char::is_control)
+    {
         return Err(invalid(
             "baseName",
             base,
-            "a plain file name: not empty, no `/`, not starting with `.`",
-            Some("the image is written as <out>/<baseName>.<extension>, e.g. nixos.qcow2".into()),
+            "a plain file name: not empty, no `/`, not starting with `.`, no control characters",
+            hint(),
+        ));
+    }
+    // The file name, with its extension, must fit a directory entry.
+    let extension = spec.format.extension();
+    if base.len() + 1 + extension.len() > MAX_FILE_NAME {
+        return Err(invalid(
+            "baseName",
+            base,
+            &format!(
+                "at most {} bytes, so that <baseName>.{extension} fits a file name",
+                MAX_FILE_NAME - 1 - extension.len()
+            ),
+            hint(),
         ));
     }
     Ok(())

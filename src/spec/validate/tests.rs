@@ -7,7 +7,7 @@ use super::*;
 use crate::spec::{ContentEntry, FsType};
 
 /// A spec that passes: the defaults plus a system.
-fn valid() -> ImageSpec {
+pub(super) fn valid() -> ImageSpec {
     ImageSpec {
         system: Some(PathBuf::from("/nix/store/aaaa-nixos-system")),
         ..ImageSpec::default()
@@ -16,7 +16,7 @@ fn valid() -> ImageSpec {
 
 /// Asserts that `spec` is refused because of `field`, and returns the message.
 #[track_caller]
-fn refused(spec: &ImageSpec, field: &str) -> String {
+pub(super) fn refused(spec: &ImageSpec, field: &str) -> String {
     match validate(spec) {
         Ok(()) => panic!("spec with bad `{field}` was accepted: {spec:?}"),
         Err(error) => {
@@ -27,13 +27,13 @@ fn refused(spec: &ImageSpec, field: &str) -> String {
 }
 
 #[track_caller]
-fn accepted(spec: &ImageSpec) {
+pub(super) fn accepted(spec: &ImageSpec) {
     if let Err(error) = validate(spec) {
         panic!("refused: {error}\nspec: {spec:?}");
     }
 }
 
-fn entry(target: &str) -> ContentEntry {
+pub(super) fn entry(target: &str) -> ContentEntry {
     ContentEntry {
         source: "/etc/hosts".into(),
         target: target.into(),

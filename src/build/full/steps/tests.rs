@@ -164,3 +164,35 @@ fn failed_steps_get_a_hint_from_their_output() {
     assert!(failure_hint(gone, DiskSize::Auto).contains("vanished"));
     assert_eq!(failure_hint("mkfs.ext4: bad option", DiskSize::Auto), "");
 }
+
+/// What the spec lets through to a script (labels and contents targets with
+/// quotes, `$(...)`, backquotes, globs, blanks) reaches the real `sh` as one
+/// word with exactly its text, running nothing.
+#[test]
+fn quoted_spec_values_reach_sh_unchanged() {
+    let scratch = tempfile::tempdir().unwrap();
+    let witness = scratch.path().join("ran");
+    let hostile = [
+        format!("$(touch {})", witness.display()),
+        format!("`touch {}`", witness.display()),
+        format!("x'; touch {}; '", witness.display()),
+        "a b\tc *".to_owned(),
+        "\"$HOME\" \\ ! # ~ & | ; < > ( ) { } [ ]".to_owned(),
+        "-n".to_owned(),
+    ];
+    for text in hostile {
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s' {}", quote(&text)))
+            .current_dir(scratch.path())
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&output.stdout), text);
+        assert!(!witness.exists(), "{text:?} ran a command");
+    }
+    let mut labelled = spec(PartitionTableType::None);
+    labelled.label = Some("it's $(x)".into());
+    let table = layout::plan(&labelled, 512 * 1024 * 1024).unwrap();
+    let script = &plan_steps(&labelled, &table, &inputs())[0].script;
+    assert!(script.contains(r"-L 'it'\''s $(x)'"), "{script}");
+}
