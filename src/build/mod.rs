@@ -52,7 +52,7 @@ pub enum BuildError {
 /// Builds the image `spec` describes into the directory `out`, which appears
 /// only when everything succeeded. `spec` must have passed validation.
 pub fn run(spec: &ImageSpec, out: &Path) -> Result<PathBuf, BuildError> {
-    let closure = read_closure(spec)?;
+    let closure = crate::timings::phase("read the closure", || read_closure(spec))?;
     tracing::info!(
         paths = closure.paths.len(),
         nar_bytes = closure.total_nar_size(),
@@ -63,7 +63,9 @@ pub fn run(spec: &ImageSpec, out: &Path) -> Result<PathBuf, BuildError> {
     // place, so a half-written image never carries the final name.
     let raw = output.path().join(".disk.raw");
     let efi_vars = if spec.only_nix_store {
-        store_only::build(spec, &closure, &raw)?;
+        crate::timings::phase("store file system", || {
+            store_only::build(spec, &closure, &raw)
+        })?;
         None
     } else {
         full::build(spec, &closure, &raw, output.path())?
@@ -80,7 +82,9 @@ fn finish(
     efi_vars: Option<&Path>,
 ) -> Result<PathBuf, BuildError> {
     let image = output.image_path(&spec.base_name, spec.format);
-    crate::convert::convert(spec.format, raw, &image, spec.deterministic)?;
+    crate::timings::phase("conversion", || {
+        crate::convert::convert(spec.format, raw, &image, spec.deterministic)
+    })?;
     if raw.exists() {
         std::fs::remove_file(raw).map_err(|source| BuildError::Scratch {
             path: raw.to_owned(),

@@ -63,6 +63,10 @@ pub struct BuilderVmConfig {
     pub memory_mib: u64,
     /// Virtual CPUs.
     pub smp: u32,
+    /// The file system the build makes on the target's root: the builder
+    /// loads only its kernel module (xfs and btrfs take seconds to load
+    /// under TCG). `None` loads every file system nixdisk makes.
+    pub root_fs: Option<crate::spec::FsType>,
     /// Disks to attach (the blank target disk).
     pub disks: Vec<Disk>,
     /// Share the host's root read-only (the agent runs host tools from it).
@@ -89,6 +93,7 @@ impl Default for BuilderVmConfig {
             qemu_binary: "qemu-system-x86_64".into(),
             memory_mib: 1024,
             smp: 2,
+            root_fs: None,
             disks: Vec::new(),
             share_host_root: true,
             extra_kernel_args: Vec::new(),
@@ -148,7 +153,14 @@ impl BuilderVm {
             nixdisk_firmware::Want::default(),
         )?;
         let efi = matches!(firmware, nixdisk_firmware::Firmware::Ovmf(_));
-        let boot = boot::prepare(config.kernel.as_deref(), &agent, efi, run_dir.path()).await?;
+        let boot = boot::prepare(
+            config.kernel.as_deref(),
+            &agent,
+            efi,
+            config.root_fs,
+            run_dir.path(),
+        )
+        .await?;
         let prepared = Prepared {
             caps,
             kind,
@@ -156,7 +168,13 @@ impl BuilderVm {
             boot,
         };
 
-        let attempts = accel_attempts(config.accel, kvm_opens());
+        let kvm_marker = kvm_failed_marker();
+        let kvm_failed_before = kvm_marker.as_deref().is_some_and(Path::exists);
+        let kvm_usable = kvm_opens() && !(config.accel == AccelChoice::Auto && kvm_failed_before);
+        if kvm_failed_before && config.accel == AccelChoice::Auto {
+            tracing::debug!(marker = ?kvm_marker, "KVM failed earlier since this host booted: TCG");
+        }
+        let attempts = accel_attempts(config.accel, kvm_usable);
         let mut result = Err(Error::Internal("no accelerator to try".into()));
         let mut accel = Accel::Tcg;
         for (index, attempt) in attempts.iter().copied().enumerate() {
@@ -172,6 +190,9 @@ impl BuilderVm {
             }
         }
         let (client, qmp, watch, attempt_dir, console_task) = result?;
+        if attempts.len() > 1 && accel == Accel::Tcg {
+            remember_kvm_failed(kvm_marker.as_deref());
+        }
         let startup = started.elapsed();
         tracing::info!(
             qemu_pid = watch.qemu_pid(),
@@ -504,6 +525,31 @@ fn qemu_firmware(firmware: &nixdisk_firmware::Firmware, dir: &Path) -> Result<Fi
                 smm: o.needs_smm,
             })
         }
+    }
+}
+
+/// The cache file that says KVM failed to start a builder since this host
+/// booted: `--accel auto` then starts with TCG instead of waiting for a KVM
+/// guest that hangs (nested KVM on some hosts). Keyed by the boot id, so a
+/// reboot (or removing the file) tries KVM again.
+fn kvm_failed_marker() -> Option<PathBuf> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let cache = crate::kernel::Cache::from_env(None).ok()?;
+    Some(cache.entry(&format!("kvm-failed-{}", boot_id.trim())))
+}
+
+fn remember_kvm_failed(marker: Option<&Path>) {
+    let Some(marker) = marker else { return };
+    let written = marker
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(marker, b"KVM did not start a builder VM\n"));
+    match written {
+        Ok(()) => tracing::info!(
+            marker = %marker.display(),
+            "KVM did not work: builders start with TCG until the host reboots (remove the marker to try KVM again)"
+        ),
+        Err(error) => tracing::debug!(%error, "could not remember that KVM failed"),
     }
 }
 
