@@ -28,6 +28,22 @@ pub fn stage_tree(paths: &[PathBuf], tree: &Path) {
     }
 }
 
+/// Every file under `paths`, concatenated into `blob` (what the guest
+/// writes to its disk to measure the disk's rate).
+pub fn concatenate(paths: &[PathBuf], blob: &Path) {
+    let list: Vec<String> = paths.iter().map(|p| format!("'{}'", p.display())).collect();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "find {} -type f -print0 | xargs -0 cat > '{}'",
+            list.join(" "),
+            blob.display()
+        ))
+        .status()
+        .expect("sh");
+    assert!(status.success(), "concatenating the closure failed");
+}
+
 /// Removes a staged tree (its directories are read-only copies of the store's).
 pub fn remove_tree(tree: &Path) {
     if tree.exists() {
