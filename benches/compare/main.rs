@@ -175,7 +175,7 @@ fn bench_closure(
             if name == report::HOST_COPY_PHASE || name == report::GUEST_COPY_PHASE {
                 result.copy_mib_s.extend(rate);
             }
-            result.phases.entry(name).or_default().push(seconds);
+            result.push_phase(&name, seconds);
         }
         result
             .host_peak_kib

@@ -17,6 +17,9 @@ use crate::sizing::FsSize;
 use crate::spec::{FsType, ImageSpec};
 use crate::store_image::{self, Region, StagingMode, StoreImageError, StoreImageOptions};
 
+/// The timings phase of making the root file system with the closure.
+pub const PHASE: &str = "root file system and closure (host mke2fs -d)";
+
 /// Whether nixdisk makes a root of `fs_type` on the host (ext2/3/4).
 pub fn makes_root_on_host(fs_type: FsType) -> bool {
     matches!(fs_type, FsType::Ext2 | FsType::Ext3 | FsType::Ext4)
@@ -65,14 +68,7 @@ pub fn make_root_fs(
 ) -> Result<(), FullImageError> {
     let paths: Vec<_> = closure.store_paths().map(Path::to_path_buf).collect();
     let options = root_fs_options(spec, &size.mkfs_options, staging)?;
-    let spinner = crate::progress::spinner(format!(
-        "making the {} root with the closure ({} paths)",
-        spec.fs_type.as_str(),
-        paths.len()
-    ));
-    let made = store_image::build_store_fs(&paths, &options, raw, root_region(table));
-    spinner.finish_and_clear();
-    made?;
+    store_image::build_store_fs(&paths, &options, raw, root_region(table))?;
     Ok(())
 }
 

@@ -151,15 +151,7 @@ pub fn build(
     let root_on_host = makes_root_on_host(spec.fs_type);
     let mut tar = None;
     let mut paths_file = None;
-    if root_on_host {
-        let started = Instant::now();
-        host_root::make_root_fs(spec, closure, &staging, raw, &table, &size)?;
-        crate::timings::record(
-            "root file system and closure (host mke2fs -d)",
-            started.elapsed(),
-            Some(closure.total_nar_size()),
-        );
-    } else {
+    if !root_on_host {
         let packed = work.join("image-root.tar");
         pack(&staging, &packed)?;
         let list = work.join("store-paths");
@@ -187,7 +179,23 @@ pub fn build(
         efi_vars: efi_vars.as_deref(),
         closure_bytes: closure.total_nar_size(),
     };
-    runtime.block_on(run_in_vm(spec, &vm_files, &steps))?;
+    // The root file system is made while the builder VM boots: the guest
+    // touches the root partition only when a step mounts it, after both.
+    std::thread::scope(|scope| {
+        let root = root_on_host.then(|| {
+            scope.spawn(|| {
+                let started = Instant::now();
+                let made = host_root::make_root_fs(spec, closure, &staging, raw, &table, &size);
+                crate::timings::record(
+                    host_root::PHASE,
+                    started.elapsed(),
+                    Some(closure.total_nar_size()),
+                );
+                made
+            })
+        });
+        runtime.block_on(run_in_vm(spec, &vm_files, &steps, root))
+    })?;
     let fixing = Instant::now();
     if spec.deterministic && matches!(spec.fs_type, FsType::Ext4 | FsType::Ext3 | FsType::Ext2) {
         let offset = match table.kind {
@@ -344,6 +352,7 @@ async fn run_in_vm(
     spec: &ImageSpec,
     files: &VmFiles<'_>,
     steps: &[Step],
+    root: Option<std::thread::ScopedJoinHandle<'_, Result<(), FullImageError>>>,
 ) -> Result<(), FullImageError> {
     let config = BuilderVmConfig {
         firmware: if spec.touch_efi_vars {
@@ -364,10 +373,24 @@ async fn run_in_vm(
         ..BuilderVmConfig::default()
     };
     let started = Instant::now();
-    let spinner = crate::progress::spinner("starting the builder VM");
+    let spinner = crate::progress::spinner(if root.is_some() {
+        "starting the builder VM; making the root file system"
+    } else {
+        "starting the builder VM"
+    });
     let vm = BuilderVm::start(&config).await;
+    // Wait for the root (on the host) before the VM's result: a failed start
+    // must not leave mke2fs writing into the image.
+    let root_made = root.map(|handle| {
+        tokio::task::block_in_place(|| handle.join()).unwrap_or_else(|panic| {
+            std::panic::resume_unwind(panic);
+        })
+    });
     spinner.finish_and_clear();
     let mut vm = vm?;
+    if let Some(made) = root_made {
+        made?;
+    }
     crate::timings::record("builder VM start", vm.startup_time(), None);
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
