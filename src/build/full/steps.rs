@@ -78,20 +78,31 @@ pub fn partition_device(number: u32) -> String {
 
 /// The install steps for `spec` on `table`, in order.
 pub fn plan_steps(spec: &ImageSpec, table: &PartitionTable, inputs: &StepInputs) -> Vec<Step> {
-    let mut steps = vec![Step {
-        name: "make file systems",
-        script: mkfs_script(spec, table, inputs),
-    }];
-    if !inputs.root_on_host {
-        steps.push(Step {
-            name: COPY_STEP,
-            script: copy_script(),
-        });
-    }
-    steps.push(Step {
-        name: "mount boot partitions",
-        script: mount_boot_script(table),
-    });
+    let mut steps = if inputs.root_on_host {
+        // Nothing to copy: the boot partitions are made and mounted in one
+        // step, which saves a round trip through the emulated shell.
+        let mut script = mkfs_script(spec, table, inputs);
+        script.push_str(&mount_boot_script(table));
+        vec![Step {
+            name: "make boot file systems and mount",
+            script,
+        }]
+    } else {
+        vec![
+            Step {
+                name: "make file systems",
+                script: mkfs_script(spec, table, inputs),
+            },
+            Step {
+                name: COPY_STEP,
+                script: copy_script(),
+            },
+            Step {
+                name: "mount boot partitions",
+                script: mount_boot_script(table),
+            },
+        ]
+    };
     if spec.install_boot_loader {
         steps.push(Step {
             name: "install the bootloader",

@@ -70,8 +70,7 @@ fn a_root_made_on_the_host_is_only_mounted() {
     assert_eq!(
         names,
         [
-            "make file systems",
-            "mount boot partitions",
+            "make boot file systems and mount",
             "install the bootloader",
             "unmount and sync"
         ]
@@ -86,8 +85,15 @@ fn a_root_made_on_the_host_is_only_mounted() {
         steps[0].script,
         format!(
             "mkfs.vfat -n ESP -i {esp_id} /dev/vda1 >/dev/null\n\
-             mkdir -p /mnt/root\nmount -o nodelalloc /dev/vda2 /mnt/root\n"
+             mkdir -p /mnt/root\nmount -o nodelalloc /dev/vda2 /mnt/root\n\
+             mkdir -p /mnt/root/boot\n\
+             mount -t vfat -o codepage=437,iocharset=iso8859-1 /dev/vda1 /mnt/root/boot\n"
         )
+    );
+    let legacy = steps_for(PartitionTableType::Legacy, &inputs);
+    assert_eq!(
+        legacy[0].script,
+        "mkdir -p /mnt/root\nmount -o nodelalloc /dev/vda1 /mnt/root\n:\n"
     );
 }
 
