@@ -35,6 +35,9 @@ use watch::VmWatch;
 /// The 9p tag the host's root is shared under.
 pub const HOST_SHARE_TAG: &str = "nixdisk-host";
 
+/// How long a connected vsock stream may stay silent before hello.
+const VSOCK_HELLO_WAIT: Duration = Duration::from_secs(10);
+
 /// The private copy of the OVMF variables in an attempt's directory.
 const OVMF_VARS_FILE: &str = "OVMF_VARS.fd";
 
@@ -488,14 +491,24 @@ async fn connect_agent(
     deadline: Instant,
 ) -> Result<AgentClient, Error> {
     loop {
+        // A vsock connection exists only once the agent accepted it, and the
+        // agent says hello at once: one that stays silent is wedged (seen
+        // rarely under load), so give it up and connect again. A serial port
+        // connects before the guest boots and waits for hello as it is.
+        let attempt_deadline = match transport.kind() {
+            TransportKind::VirtioSerial => deadline,
+            _ => deadline.min(Instant::now() + VSOCK_HELLO_WAIT),
+        };
         match transport.connect().await {
-            Ok(stream) => match AgentClient::handshake(stream, watch.clone(), deadline).await {
-                Ok(client) => return Ok(client),
-                Err(client::HandshakeError::Retry(reason)) => {
-                    tracing::trace!("agent not ready: {reason}");
+            Ok(stream) => {
+                match AgentClient::handshake(stream, watch.clone(), attempt_deadline).await {
+                    Ok(client) => return Ok(client),
+                    Err(client::HandshakeError::Retry(reason)) => {
+                        tracing::trace!("agent not ready: {reason}");
+                    }
+                    Err(client::HandshakeError::Fatal(e)) => return Err(e),
                 }
-                Err(client::HandshakeError::Fatal(e)) => return Err(e),
-            },
+            }
             Err(e) => tracing::trace!("agent not reachable yet: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
