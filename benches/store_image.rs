@@ -116,6 +116,7 @@ fn main() {
             _ => StagingMode::Auto,
         },
         mkfs_options: Vec::new(),
+        image_root: None,
     };
 
     let floor_image = work.path().join("floor.img");

@@ -27,5 +27,6 @@ pub mod qemu;
 pub mod sizing;
 pub mod spec;
 pub mod store_image;
+pub mod timings;
 pub mod transport;
 pub mod vm_command;

@@ -32,6 +32,7 @@ fn plan(dir: &Path) -> BuilderInitramfs {
         release: k.release,
         modules_dir: k.modules_dir,
         modules: resolution.load_order,
+        strip_signatures: false,
     }
 }
 

@@ -114,6 +114,7 @@ fn options(fs_type: FsType, deterministic: bool) -> StoreImageOptions {
         registration: Some(fixture().registration.clone()),
         staging: StagingMode::Auto,
         mkfs_options: Vec::new(),
+        image_root: None,
     }
 }
 

@@ -15,9 +15,11 @@
 #   grubDevice   the disk GRUB is installed to (nixdisk links it to the target)
 #   label        file-system label of the root the initrd mounts by default
 #   brokenSwitch "1" for a system whose switch-to-configuration fails
+#   payload      store paths (space separated) the system references in
+#                `payload`, so they join its closure (benchmarks add synthetic data)
 { busybox, kernel, systemdBoot, grub, grubEfi ? null
 , marker ? "example", bootloader ? "both", grubDevice ? "/dev/vda", label ? "nixos"
-, brokenSwitch ? "" }:
+, brokenSwitch ? "", payload ? "" }:
 
 assert builtins.match "[A-Za-z0-9._-]+" marker != null;
 assert builtins.match "[A-Za-z0-9._-]+" label != null;
@@ -52,7 +54,7 @@ let
 
   kernelParams = [ "console=ttyS0,115200" "panic=1" "loglevel=4" ];
 
-  toplevel = run "nixos-system-nixdisk-example-${marker}" ./make-toplevel.sh {
+  toplevel = run "nixos-system-nixdisk-example-${marker}" ./make-toplevel.sh ({
     kernel = linux;
     inherit initrd sw marker bootloader grubDevice brokenSwitch;
     systemdBoot = onlyIf withSystemdBoot systemdBoot;
@@ -64,7 +66,11 @@ let
     withSystemdBoot = if withSystemdBoot then "1" else "";
     withGrub = if withGrub then "1" else "";
     withGrubEfi = if withGrubEfi then "1" else "";
-  };
+  } // (if payload == "" then { } else {
+    # Only when given, so systems without one keep their store paths.
+    payload = map builtins.storePath
+      (builtins.filter (p: builtins.isString p && p != "") (builtins.split " " payload));
+  }));
 
   # What nixpkgs' closure-info.nix writes: store-paths, registration and
   # total-nar-size for the closure of the toplevel.

@@ -30,6 +30,8 @@ loaders=
 [ -z "$withGrubEfi" ] || loaders="${loaders:+$loaders }grub-efi"
 echo "$loaders" >"$out/bootloader"
 [ -z "$withGrub" ] || echo "$grubDevice" >"$out/grub-device"
+# Extra store paths in the closure (benchmarks): one per line.
+[ -z "$payload" ] || for p in $payload; do echo "$p"; done >"$out/payload"
 
 params=$(for p in $kernelParams; do printf '"%s",' "$p"; done)
 cat >"$out/boot.json" <<JSON

@@ -58,7 +58,7 @@ pub enum BuildError {
 /// only when everything succeeded. `spec` must have passed validation.
 pub fn run(spec: &ImageSpec, out: &Path) -> Result<PathBuf, BuildError> {
     interrupt::enter(Phase::ClosureRead)?;
-    let closure = read_closure(spec)?;
+    let closure = crate::timings::phase("read the closure", || read_closure(spec))?;
     tracing::info!(
         paths = closure.paths.len(),
         nar_bytes = closure.total_nar_size(),
@@ -70,7 +70,9 @@ pub fn run(spec: &ImageSpec, out: &Path) -> Result<PathBuf, BuildError> {
     let raw = output.path().join(".disk.raw");
     let efi_vars = if spec.only_nix_store {
         interrupt::enter(Phase::StoreImage)?;
-        store_only::build(spec, &closure, &raw)?;
+        crate::timings::phase("store file system", || {
+            store_only::build(spec, &closure, &raw)
+        })?;
         None
     } else {
         full::build(spec, &closure, &raw, output.path())?
@@ -88,7 +90,9 @@ fn finish(
 ) -> Result<PathBuf, BuildError> {
     let image = output.image_path(&spec.base_name, spec.format);
     interrupt::enter(Phase::Conversion)?;
-    crate::convert::convert(spec.format, raw, &image, spec.deterministic)?;
+    crate::timings::phase("conversion", || {
+        crate::convert::convert(spec.format, raw, &image, spec.deterministic)
+    })?;
     if raw.exists() {
         std::fs::remove_file(raw).map_err(|source| BuildError::Scratch {
             path: raw.to_owned(),

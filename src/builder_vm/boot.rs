@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use super::Error;
 use crate::initramfs::{BuilderInitramfs, build_cached};
 use crate::kernel::{Cache, KernelSearch, discover, pvh_vmlinux};
+use crate::spec::FsType;
 
 /// The kernel and initramfs QEMU boots.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +25,7 @@ pub async fn prepare(
     kernel: Option<&Path>,
     agent: &Path,
     efi: bool,
+    root_fs: Option<FsType>,
     run_dir: &Path,
 ) -> Result<BootFiles, Error> {
     let kernel = kernel.map(Path::to_owned);
@@ -48,13 +50,17 @@ pub async fn prepare(
                 }
             }
         };
-        let modules = found.builder_modules()?;
+        let modules = found.modules_for(root_fs, efi)?;
+        // Without UEFI there is no Secure Boot lockdown: a kernel that does
+        // not force signatures loads the modules faster without them.
+        let strip_signatures = !efi && found.loads_unsigned_modules();
         let initrd = build_cached(
             &BuilderInitramfs {
                 agent,
                 release: found.release.clone(),
                 modules_dir: found.modules_dir.clone(),
                 modules: modules.load_order,
+                strip_signatures,
             },
             &cache,
         )?;

@@ -35,6 +35,9 @@ use watch::VmWatch;
 /// The 9p tag the host's root is shared under.
 pub const HOST_SHARE_TAG: &str = "nixdisk-host";
 
+/// How long a connected vsock stream may stay silent before hello.
+const VSOCK_HELLO_WAIT: Duration = Duration::from_secs(10);
+
 /// The private copy of the OVMF variables in an attempt's directory.
 const OVMF_VARS_FILE: &str = "OVMF_VARS.fd";
 
@@ -63,6 +66,10 @@ pub struct BuilderVmConfig {
     pub memory_mib: u64,
     /// Virtual CPUs.
     pub smp: u32,
+    /// The file system the build makes on the target's root: the builder
+    /// loads only its kernel module (xfs and btrfs take seconds to load
+    /// under TCG). `None` loads every file system nixdisk makes.
+    pub root_fs: Option<crate::spec::FsType>,
     /// Disks to attach (the blank target disk).
     pub disks: Vec<Disk>,
     /// Share the host's root read-only (the agent runs host tools from it).
@@ -89,6 +96,7 @@ impl Default for BuilderVmConfig {
             qemu_binary: "qemu-system-x86_64".into(),
             memory_mib: 1024,
             smp: 2,
+            root_fs: None,
             disks: Vec::new(),
             share_host_root: true,
             extra_kernel_args: Vec::new(),
@@ -148,7 +156,14 @@ impl BuilderVm {
             nixdisk_firmware::Want::default(),
         )?;
         let efi = matches!(firmware, nixdisk_firmware::Firmware::Ovmf(_));
-        let boot = boot::prepare(config.kernel.as_deref(), &agent, efi, run_dir.path()).await?;
+        let boot = boot::prepare(
+            config.kernel.as_deref(),
+            &agent,
+            efi,
+            config.root_fs,
+            run_dir.path(),
+        )
+        .await?;
         let prepared = Prepared {
             caps,
             kind,
@@ -156,7 +171,13 @@ impl BuilderVm {
             boot,
         };
 
-        let attempts = accel_attempts(config.accel, kvm_opens());
+        let kvm_marker = kvm_failed_marker();
+        let kvm_failed_before = kvm_marker.as_deref().is_some_and(Path::exists);
+        let kvm_usable = kvm_opens() && !(config.accel == AccelChoice::Auto && kvm_failed_before);
+        if kvm_failed_before && config.accel == AccelChoice::Auto {
+            tracing::debug!(marker = ?kvm_marker, "KVM failed earlier since this host booted: TCG");
+        }
+        let attempts = accel_attempts(config.accel, kvm_usable);
         let mut result = Err(Error::Internal("no accelerator to try".into()));
         let mut accel = Accel::Tcg;
         for (index, attempt) in attempts.iter().copied().enumerate() {
@@ -172,6 +193,9 @@ impl BuilderVm {
             }
         }
         let (client, qmp, watch, attempt_dir, console_task) = result?;
+        if attempts.len() > 1 && accel == Accel::Tcg {
+            remember_kvm_failed(kvm_marker.as_deref());
+        }
         let startup = started.elapsed();
         tracing::info!(
             qemu_pid = watch.qemu_pid(),
@@ -472,14 +496,24 @@ async fn connect_agent(
     deadline: Instant,
 ) -> Result<AgentClient, Error> {
     loop {
+        // A vsock connection exists only once the agent accepted it, and the
+        // agent says hello at once: one that stays silent is wedged (seen
+        // rarely under load), so give it up and connect again. A serial port
+        // connects before the guest boots and waits for hello as it is.
+        let attempt_deadline = match transport.kind() {
+            TransportKind::VirtioSerial => deadline,
+            _ => deadline.min(Instant::now() + VSOCK_HELLO_WAIT),
+        };
         match transport.connect().await {
-            Ok(stream) => match AgentClient::handshake(stream, watch.clone(), deadline).await {
-                Ok(client) => return Ok(client),
-                Err(client::HandshakeError::Retry(reason)) => {
-                    tracing::trace!("agent not ready: {reason}");
+            Ok(stream) => {
+                match AgentClient::handshake(stream, watch.clone(), attempt_deadline).await {
+                    Ok(client) => return Ok(client),
+                    Err(client::HandshakeError::Retry(reason)) => {
+                        tracing::trace!("agent not ready: {reason}");
+                    }
+                    Err(client::HandshakeError::Fatal(e)) => return Err(e),
                 }
-                Err(client::HandshakeError::Fatal(e)) => return Err(e),
-            },
+            }
             Err(e) => tracing::trace!("agent not reachable yet: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -509,6 +543,31 @@ fn qemu_firmware(firmware: &nixdisk_firmware::Firmware, dir: &Path) -> Result<Fi
                 smm: o.needs_smm,
             })
         }
+    }
+}
+
+/// The cache file that says KVM failed to start a builder since this host
+/// booted: `--accel auto` then starts with TCG instead of waiting for a KVM
+/// guest that hangs (nested KVM on some hosts). Keyed by the boot id, so a
+/// reboot (or removing the file) tries KVM again.
+fn kvm_failed_marker() -> Option<PathBuf> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let cache = crate::kernel::Cache::from_env(None).ok()?;
+    Some(cache.entry(&format!("kvm-failed-{}", boot_id.trim())))
+}
+
+fn remember_kvm_failed(marker: Option<&Path>) {
+    let Some(marker) = marker else { return };
+    let written = marker
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(marker, b"KVM did not start a builder VM\n"));
+    match written {
+        Ok(()) => tracing::info!(
+            marker = %marker.display(),
+            "KVM did not work: builders start with TCG until the host reboots (remove the marker to try KVM again)"
+        ),
+        Err(error) => tracing::debug!(%error, "could not remember that KVM failed"),
     }
 }
 

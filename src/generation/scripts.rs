@@ -143,6 +143,7 @@ pub fn install_bootloader(grub_devices: Vec<std::path::PathBuf>) -> Step {
             grub_devices,
             chowns: Vec::new(),
             efi_vars: false,
+            root_on_host: false,
         }),
     }
 }

@@ -32,6 +32,10 @@ pub struct BuilderInitramfs {
     pub modules_dir: PathBuf,
     /// Modules in load order (from [`crate::kernel::Resolution`]).
     pub modules: Vec<Module>,
+    /// Store the modules without their appended signatures, which the guest
+    /// kernel checks slowly under emulation; only for a kernel that does not
+    /// enforce them (see [`crate::kernel::signature`]).
+    pub strip_signatures: bool,
 }
 
 /// How a module file is stored on the host.
@@ -75,15 +79,32 @@ pub fn builder_initramfs(plan: &BuilderInitramfs) -> Result<Initramfs, Initramfs
     for module in &plan.modules {
         let host = plan.modules_dir.join(module.path.trim_start_matches('/'));
         let target = module_target(&plan.release, module);
-        match module_source(&host)? {
-            ModuleSource::Plain => archive.add_host_file(&target, &host, 0o644)?,
-            ModuleSource::Xz => archive.add_file(&target, decompress_xz(&host)?, 0o644)?,
+        match (module_source(&host)?, plan.strip_signatures) {
+            (ModuleSource::Plain, false) => archive.add_host_file(&target, &host, 0o644)?,
+            (ModuleSource::Plain, true) => {
+                let bytes = std::fs::read(&host).map_err(|source| InitramfsError::ReadHost {
+                    path: host.clone(),
+                    source,
+                })?;
+                archive.add_file(&target, unsigned(bytes), 0o644)?
+            }
+            (ModuleSource::Xz, strip) => {
+                let bytes = decompress_xz(&host)?;
+                let bytes = if strip { unsigned(bytes) } else { bytes };
+                archive.add_file(&target, bytes, 0o644)?
+            }
         }
         list.push_str(&target);
         list.push('\n');
     }
     archive.add_file(MODULES_LIST_PATH, list.into_bytes(), 0o644)?;
     Ok(archive)
+}
+
+fn unsigned(mut module: Vec<u8>) -> Vec<u8> {
+    let len = crate::kernel::signature::strip_module_signature(&module).len();
+    module.truncate(len);
+    module
 }
 
 fn decompress_xz(path: &Path) -> Result<Vec<u8>, KernelError> {
@@ -122,7 +143,13 @@ pub fn cache_key(plan: &BuilderInitramfs) -> Result<String, InitramfsError> {
             &plan.modules_dir.join(module.path.trim_start_matches('/')),
         )?;
     }
-    hasher.update(format!("release\0{}\0format\0{}", plan.release, FORMAT_VERSION).as_bytes());
+    hasher.update(
+        format!(
+            "release\0{}\0format\0{}\0unsigned\0{}",
+            plan.release, FORMAT_VERSION, plan.strip_signatures
+        )
+        .as_bytes(),
+    );
     Ok(hex(&hasher.finalize()))
 }
 

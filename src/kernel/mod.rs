@@ -9,11 +9,13 @@
 
 pub mod cache;
 pub mod modules;
+pub mod signature;
 pub mod vmlinux;
 
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
+use crate::spec::FsType;
 use tracing::{debug, info};
 
 pub use cache::{Cache, CacheError};
@@ -295,6 +297,27 @@ impl BuilderKernel {
     /// against this kernel's modules.
     pub fn builder_modules(&self) -> Result<Resolution, KernelError> {
         self.resolve_modules(BUILDER_MODULES)
+    }
+
+    /// Resolves the modules a build of a `root_fs` root needs
+    /// ([`builder_module_names`]); `None`: every module a build may need.
+    pub fn modules_for(
+        &self,
+        root_fs: Option<FsType>,
+        uefi: bool,
+    ) -> Result<Resolution, KernelError> {
+        match root_fs {
+            Some(fs) => self.resolve_modules(&builder_module_names(fs, uefi)),
+            None => self.builder_modules(),
+        }
+    }
+
+    /// Whether this kernel loads modules without their signatures when it
+    /// boots without UEFI (see [`signature`]).
+    pub fn loads_unsigned_modules(&self) -> bool {
+        signature::loads_unsigned_modules(
+            signature::kernel_config(&self.image, &self.release).as_deref(),
+        )
     }
 
     /// Resolves `names` (e.g. from [`builder_module_names`]) against this

@@ -102,6 +102,7 @@ pub fn build_store_disk(
             .as_ref()
             .map(|s| s.mkfs_options.clone())
             .unwrap_or_default(),
+        image_root: None,
     };
     let fs = build_store_fs(store_paths, &options, image, region)?;
     let free_bytes = match fs_type {

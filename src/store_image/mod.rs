@@ -202,6 +202,10 @@ pub struct StoreImageOptions {
     /// mkfs options the file system's size was computed for
     /// ([`crate::sizing::FsSize::mkfs_options`]); empty for the defaults.
     pub mkfs_options: Vec<String>,
+    /// A staged image root (ext only): the file system holds it, with the
+    /// store paths under its `nix/store` (a full image's root), instead of
+    /// the store paths at its root.
+    pub image_root: Option<PathBuf>,
 }
 
 /// What was built.
@@ -252,14 +256,22 @@ pub fn build_store_fs(
         }
         (FsSource::Paths(paths), None)
     } else {
+        let (store_dir, planned) = match &options.image_root {
+            Some(root) => set_aside_planned_store(root)?,
+            None => (scratch.path().join("tree"), None),
+        };
         let tree = stage_closure(
             store_paths,
             options.registration.as_deref(),
-            &scratch.path().join("tree"),
+            &store_dir,
             timestamp,
             options.staging,
         )?;
-        (FsSource::Tree(tree.root().to_owned()), Some(tree))
+        if let Some(planned) = planned {
+            merge_planned_store(&planned, &store_dir)?;
+        }
+        let source = options.image_root.clone().unwrap_or(tree.root().to_owned());
+        (FsSource::Tree(source), Some(tree))
     };
     if options.fs_type == FsType::Erofs && !options.label.is_empty() {
         // erofs-utils 1.5 (Debian 12) has no -L; the label is left out.
@@ -296,6 +308,48 @@ pub fn build_store_fs(
         fs_bytes,
         staging: staged.as_ref().map(StagedTree::stats),
     })
+}
+
+/// `root/nix/store` made ready for staging the closure into: `nix` exists,
+/// `nix/store` not. What the image root's plan put there (`.links`) is
+/// moved aside; its directory is returned to merge back afterwards.
+fn set_aside_planned_store(root: &Path) -> Result<(PathBuf, Option<PathBuf>), StoreImageError> {
+    let nix = root.join("nix");
+    fs::create_dir_all(&nix).map_err(|e| io("could not create", &nix, e))?;
+    let store = nix.join("store");
+    if !store.exists() {
+        return Ok((store, None));
+    }
+    let aside = nix.join(".store-planned");
+    fs::rename(&store, &aside).map_err(|e| io("could not move aside", &store, e))?;
+    Ok((store, Some(aside)))
+}
+
+/// Moves the planned entries back into the staged store, which then takes
+/// the planned directory's mode and times, so the image does not depend on
+/// when it was staged.
+fn merge_planned_store(planned: &Path, store: &Path) -> Result<(), StoreImageError> {
+    for entry in fs::read_dir(planned).map_err(|e| io("could not list", planned, e))? {
+        let entry = entry.map_err(|e| io("could not list", planned, e))?;
+        let dest = store.join(entry.file_name());
+        fs::rename(entry.path(), &dest).map_err(|e| io("could not move", &dest, e))?;
+    }
+    let meta = fs::metadata(planned).map_err(|e| io("could not read", planned, e))?;
+    fs::set_permissions(store, meta.permissions())
+        .map_err(|e| io("could not set the mode of", store, e))?;
+    let times = fs::FileTimes::new()
+        .set_accessed(
+            meta.accessed()
+                .map_err(|e| io("could not read", planned, e))?,
+        )
+        .set_modified(
+            meta.modified()
+                .map_err(|e| io("could not read", planned, e))?,
+        );
+    fs::File::open(store)
+        .and_then(|dir| dir.set_times(times))
+        .map_err(|e| io("could not set the times of", store, e))?;
+    fs::remove_dir(planned).map_err(|e| io("could not remove", planned, e))
 }
 
 /// Writes the registration as `<dir>/reg/nix-path-registration` for tools

@@ -7,6 +7,7 @@
 //! as a tar. Guest side: the scripts of [`steps`], one per phase.
 
 mod fat_times;
+mod host_root;
 pub(crate) mod steps;
 mod times;
 
@@ -23,6 +24,7 @@ use crate::qemu::{Disk, DiskFormat};
 use crate::sizing::{self, FsSize, SizingError, TreeStats};
 use crate::spec::{DiskSize, FsType, ImageSpec};
 
+pub use host_root::makes_root_on_host;
 pub use steps::{Step, StepInputs, plan_steps};
 
 /// Bytes set aside per generation for kernels and initrds the bootloader
@@ -55,6 +57,9 @@ pub enum FullImageError {
     /// The image root could not be staged.
     #[error("could not stage the image's root")]
     Materialise(#[from] install::MaterialiseError),
+    /// The root file system could not be made on the host.
+    #[error("could not make the root file system with the closure")]
+    RootFs(#[from] crate::store_image::StoreImageError),
     /// Sizing failed.
     #[error("could not size the root file system")]
     Sizing(#[from] SizingError),
@@ -156,6 +161,7 @@ pub fn build(
     work: &Path,
 ) -> Result<Option<PathBuf>, FullImageError> {
     interrupt::enter(Phase::Staging)?;
+    let planned = Instant::now();
     let toplevels = toplevels(spec)?;
     let plan = install::plan_install(spec, &toplevels, closure)?;
     // Removed when this returns, whatever happens.
@@ -172,16 +178,24 @@ pub fn build(
     let table = lay_out(spec, &size)?;
     create_disk(raw, &table)?;
     interrupt::enter(Phase::Staging)?;
-    let tar = work.join("image-root.tar");
-    pack(&staging, &tar)?;
-    let paths_file = work.join("store-paths");
-    std::fs::write(&paths_file, closure.store_paths_text())
-        .map_err(io("could not write", &paths_file))?;
+    crate::timings::record("plan, stage and lay out", planned.elapsed(), None);
+    let root_on_host = makes_root_on_host(spec.fs_type);
+    let mut tar = None;
+    let mut paths_file = None;
+    if !root_on_host {
+        let packed = work.join("image-root.tar");
+        pack(&staging, &packed)?;
+        let list = work.join("store-paths");
+        std::fs::write(&list, closure.store_paths_text()).map_err(io("could not write", &list))?;
+        tar = Some(packed);
+        paths_file = Some(list);
+    }
     let inputs = StepInputs {
         root_mkfs_options: size.mkfs_options.clone(),
         grub_devices: grub_devices(),
         chowns: plan.chowns.clone(),
         efi_vars: spec.touch_efi_vars,
+        root_on_host,
     };
     let steps = plan_steps(spec, &table, &inputs);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -191,20 +205,38 @@ pub fn build(
         .map_err(io("could not start the async runtime for", work))?;
     let vm_files = VmFiles {
         raw,
-        tar: &tar,
-        paths_file: &paths_file,
+        tar: tar.as_deref(),
+        paths_file: paths_file.as_deref(),
         efi_vars: efi_vars.as_deref(),
+        closure_bytes: closure.total_nar_size(),
     };
     interrupt::enter(Phase::Vm)?;
-    // A signal drops the VM at once: QEMU and the daemon are killed and the
-    // run directory removed before this returns.
-    runtime.block_on(async {
-        tokio::select! {
-            result = run_in_vm(spec, &vm_files, &steps) => result,
-            signal = interrupt::cancelled() => Err(Interrupted { signal, phase: Phase::Vm }.into()),
-        }
+    // The root file system is made while the builder VM boots: the guest
+    // touches the root partition only when a step mounts it, after both. A
+    // signal drops the VM at once (QEMU and the daemon are killed and the run
+    // directory removed) and kills the host's mke2fs, before this returns.
+    std::thread::scope(|scope| {
+        let root = root_on_host.then(|| {
+            scope.spawn(|| {
+                let started = Instant::now();
+                let made = host_root::make_root_fs(spec, closure, &staging, raw, &table, &size);
+                crate::timings::record(
+                    host_root::PHASE,
+                    started.elapsed(),
+                    Some(closure.total_nar_size()),
+                );
+                made
+            })
+        });
+        runtime.block_on(async {
+            tokio::select! {
+                result = run_in_vm(spec, &vm_files, &steps, root) => result,
+                signal = interrupt::cancelled() => Err(Interrupted { signal, phase: Phase::Vm }.into()),
+            }
+        })
     })?;
     interrupt::enter(Phase::FixTimes)?;
+    let fixing = Instant::now();
     if spec.deterministic && matches!(spec.fs_type, FsType::Ext4 | FsType::Ext3 | FsType::Ext2) {
         let offset = match table.kind {
             layout::TableKind::None => 0,
@@ -218,6 +250,7 @@ pub fn build(
                 fat_times::fix_fat_times(raw, partition.start)?;
             }
         }
+        crate::timings::record("fixed times", fixing.elapsed(), None);
     }
     Ok(efi_vars)
 }
@@ -346,10 +379,12 @@ fn pack(staging: &Path, tar: &Path) -> Result<(), FullImageError> {
 struct VmFiles<'a> {
     /// The target disk.
     raw: &'a Path,
-    /// The staging tree's tar.
-    tar: &'a Path,
-    /// The list of store paths to copy.
-    paths_file: &'a Path,
+    /// The staging tree's tar, when the guest copies the root's contents.
+    tar: Option<&'a Path>,
+    /// The list of store paths to copy, when the guest copies them.
+    paths_file: Option<&'a Path>,
+    /// Bytes of the closure (its NAR size), for the copy's rate.
+    closure_bytes: u64,
     /// Where the OVMF variables go after the run (`touchEFIVars`).
     efi_vars: Option<&'a Path>,
 }
@@ -358,6 +393,7 @@ async fn run_in_vm(
     spec: &ImageSpec,
     files: &VmFiles<'_>,
     steps: &[Step],
+    root: Option<std::thread::ScopedJoinHandle<'_, Result<(), FullImageError>>>,
 ) -> Result<(), FullImageError> {
     let config = BuilderVmConfig {
         firmware: if spec.touch_efi_vars {
@@ -370,6 +406,7 @@ async fn run_in_vm(
         // One vCPU for deterministic builds: ext4 allocates from per-CPU
         // groups, so a second CPU makes block placement depend on scheduling.
         smp: if spec.deterministic { 1 } else { 2 },
+        root_fs: Some(spec.fs_type),
         disks: vec![Disk {
             path: files.raw.to_owned(),
             format: DiskFormat::Raw,
@@ -378,20 +415,37 @@ async fn run_in_vm(
         ..BuilderVmConfig::default()
     };
     let started = Instant::now();
-    let spinner = crate::progress::spinner("starting the builder VM");
+    let spinner = crate::progress::spinner(if root.is_some() {
+        "starting the builder VM; making the root file system"
+    } else {
+        "starting the builder VM"
+    });
     let vm = BuilderVm::start(&config).await;
+    // Wait for the root (on the host) before the VM's result: a failed start
+    // must not leave mke2fs writing into the image.
+    let root_made = root.map(|handle| {
+        tokio::task::block_in_place(|| handle.join()).unwrap_or_else(|panic| {
+            std::panic::resume_unwind(panic);
+        })
+    });
     spinner.finish_and_clear();
     let mut vm = vm.map_err(vm_error("starting"))?;
+    if let Some(made) = root_made {
+        made?;
+    }
+    crate::timings::record("builder VM start", vm.startup_time(), None);
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         accel = ?vm.accel(),
         transport = ?vm.transport(),
         "builder VM ready"
     );
+    let sent = Instant::now();
     for (file, guest) in [
         (files.paths_file, steps::PATHS_FILE),
         (files.tar, steps::STAGING_TAR),
     ] {
+        let Some(file) = file else { continue };
         let source = tokio::fs::File::open(file)
             .await
             .map_err(io("could not open", file))?;
@@ -401,22 +455,32 @@ async fn run_in_vm(
             .await
             .map_err(|source| receive_error(guest, bytes, spec.mem_size, source))?;
     }
+    if files.tar.is_some() {
+        crate::timings::record("send the staging tar", sent.elapsed(), None);
+    }
     let bar = crate::progress::steps_bar(steps.len() as u64, "installing");
     for step in steps {
         bar.set_message(step.name);
+        let started = Instant::now();
         let hint = |output: &str| steps::failure_hint(output, spec.disk_size);
         if let Err(error) = run_step(&mut vm, step, hint).await {
             bar.finish_and_clear();
             return Err(error);
         }
+        let bytes = (step.name == steps::COPY_STEP).then_some(files.closure_bytes);
+        crate::timings::record(step.name, started.elapsed(), bytes);
         bar.inc(1);
     }
     bar.finish_and_clear();
+    crate::timings::record_qemu_peak(vm.qemu_pid());
+    let stopping = Instant::now();
     match files.efi_vars {
         Some(keep) => vm.shutdown_and_keep_efi_vars(POWER_OFF_TIMEOUT, keep).await,
         None => vm.shutdown(POWER_OFF_TIMEOUT).await,
     }
-    .map_err(vm_error("powering off"))
+    .map_err(vm_error("powering off"))?;
+    crate::timings::record("builder VM power off", stopping.elapsed(), None);
+    Ok(())
 }
 
 /// The error for a file the builder could not receive: out of memory when

@@ -46,7 +46,13 @@ pub struct StepInputs {
     pub chowns: Vec<ChownOp>,
     /// The EFI variables are writable (the builder runs on OVMF).
     pub efi_vars: bool,
+    /// The root file system, closure and staged root included, was made on
+    /// the host: the guest only mounts it (no mkfs, no copy).
+    pub root_on_host: bool,
 }
+
+/// The name of the step that copies the closure in the guest.
+pub const COPY_STEP: &str = "copy the closure";
 
 /// Quotes `text` for a POSIX shell.
 pub fn quote(text: &str) -> String {
@@ -72,20 +78,31 @@ pub fn partition_device(number: u32) -> String {
 
 /// The install steps for `spec` on `table`, in order.
 pub fn plan_steps(spec: &ImageSpec, table: &PartitionTable, inputs: &StepInputs) -> Vec<Step> {
-    let mut steps = vec![
-        Step {
-            name: "make file systems",
-            script: mkfs_script(spec, table, inputs),
-        },
-        Step {
-            name: "copy the closure",
-            script: copy_script(),
-        },
-        Step {
-            name: "mount boot partitions",
-            script: mount_boot_script(table),
-        },
-    ];
+    let mut steps = if inputs.root_on_host {
+        // Nothing to copy: the boot partitions are made and mounted in one
+        // step, which saves a round trip through the emulated shell.
+        let mut script = mkfs_script(spec, table, inputs);
+        script.push_str(&mount_boot_script(table));
+        vec![Step {
+            name: "make boot file systems and mount",
+            script,
+        }]
+    } else {
+        vec![
+            Step {
+                name: "make file systems",
+                script: mkfs_script(spec, table, inputs),
+            },
+            Step {
+                name: COPY_STEP,
+                script: copy_script(),
+            },
+            Step {
+                name: "mount boot partitions",
+                script: mount_boot_script(table),
+            },
+        ]
+    };
     if spec.install_boot_loader {
         steps.push(Step {
             name: "install the bootloader",
@@ -124,6 +141,7 @@ fn mkfs_script(spec: &ImageSpec, table: &PartitionTable, inputs: &StepInputs) ->
             continue;
         };
         let line = match partition.role {
+            Role::Root if inputs.root_on_host => continue,
             Role::Root => root_mkfs(spec, fs, &uuid, &inputs.root_mkfs_options, &device),
             Role::Esp | Role::Xbootldr | Role::Boot => {
                 let label = match partition.role {

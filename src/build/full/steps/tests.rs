@@ -22,6 +22,7 @@ fn inputs() -> StepInputs {
         grub_devices: vec![],
         chowns: vec![],
         efi_vars: false,
+        root_on_host: false,
     }
 }
 
@@ -56,6 +57,44 @@ fn legacy_makes_root_mounts_it_and_installs_the_bootloader() {
         "NIXOS_INSTALL_BOOTLOADER=1 chroot /mnt/root \
          /nix/var/nix/profiles/system/bin/switch-to-configuration boot\n"
     ));
+}
+
+#[test]
+fn a_root_made_on_the_host_is_only_mounted() {
+    let inputs = StepInputs {
+        root_on_host: true,
+        ..inputs()
+    };
+    let steps = steps_for(PartitionTableType::Efi, &inputs);
+    let names: Vec<_> = steps.iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        [
+            "make boot file systems and mount",
+            "install the bootloader",
+            "unmount and sync"
+        ]
+    );
+    let esp_id = steps[0]
+        .script
+        .strip_prefix("mkfs.vfat -n ESP -i ")
+        .and_then(|rest| rest.split_once(' '))
+        .map(|(id, _)| id)
+        .expect("the ESP is made first");
+    assert_eq!(
+        steps[0].script,
+        format!(
+            "mkfs.vfat -n ESP -i {esp_id} /dev/vda1 >/dev/null\n\
+             mkdir -p /mnt/root\nmount -o nodelalloc /dev/vda2 /mnt/root\n\
+             mkdir -p /mnt/root/boot\n\
+             mount -t vfat -o codepage=437,iocharset=iso8859-1 /dev/vda1 /mnt/root/boot\n"
+        )
+    );
+    let legacy = steps_for(PartitionTableType::Legacy, &inputs);
+    assert_eq!(
+        legacy[0].script,
+        "mkdir -p /mnt/root\nmount -o nodelalloc /dev/vda1 /mnt/root\n:\n"
+    );
 }
 
 #[test]
