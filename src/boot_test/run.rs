@@ -14,7 +14,7 @@ use super::argv::DiskBootConfig;
 use super::matcher::{ConsoleLines, LineVerdict, judge};
 use super::probe::{self, BootPartitions, ImageFormat};
 use super::{BootError, BootOutcome, BootPlan, FirmwareChoice};
-use crate::builder_vm::{accel_attempts, kvm_opens};
+use crate::builder_vm::{accel_attempts, kvm_usable, remember_kvm_failed};
 use crate::qemu::{Accel, ConsoleLog, DiskFormat, Firmware, Qmp, RunDir, Supervised, VmEvent};
 
 /// How long `--accel auto` gives KVM to show the text before retrying with
@@ -52,7 +52,7 @@ pub async fn boot_until(plan: &BootPlan) -> Result<BootOutcome, BootError> {
     }
     info!(image = %image.display(), format = format.as_str(), firmware = ?kind, "booting");
 
-    let attempts = accel_attempts(plan.accel, kvm_opens());
+    let attempts = accel_attempts(plan.accel, kvm_usable(plan.accel));
     let last = attempts.len().saturating_sub(1);
     for (index, accel) in attempts.into_iter().enumerate() {
         let window = if index < last {
@@ -68,6 +68,9 @@ pub async fn boot_until(plan: &BootPlan) -> Result<BootOutcome, BootError> {
         }
         match attempt(plan, &run, firmware, accel, &overlay, window).await {
             Ok((line, elapsed)) => {
+                if index > 0 && accel == Accel::Tcg {
+                    remember_kvm_failed();
+                }
                 return Ok(BootOutcome {
                     line,
                     elapsed,

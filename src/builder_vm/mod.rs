@@ -171,13 +171,7 @@ impl BuilderVm {
             boot,
         };
 
-        let kvm_marker = kvm_failed_marker();
-        let kvm_failed_before = kvm_marker.as_deref().is_some_and(Path::exists);
-        let kvm_usable = kvm_opens() && !(config.accel == AccelChoice::Auto && kvm_failed_before);
-        if kvm_failed_before && config.accel == AccelChoice::Auto {
-            tracing::debug!(marker = ?kvm_marker, "KVM failed earlier since this host booted: TCG");
-        }
-        let attempts = accel_attempts(config.accel, kvm_usable);
+        let attempts = accel_attempts(config.accel, kvm_usable(config.accel));
         let mut result = Err(Error::Internal("no accelerator to try".into()));
         let mut accel = Accel::Tcg;
         for (index, attempt) in attempts.iter().copied().enumerate() {
@@ -194,7 +188,7 @@ impl BuilderVm {
         }
         let (client, qmp, watch, attempt_dir, console_task) = result?;
         if attempts.len() > 1 && accel == Accel::Tcg {
-            remember_kvm_failed(kvm_marker.as_deref());
+            remember_kvm_failed();
         }
         let startup = started.elapsed();
         tracing::info!(
@@ -556,12 +550,31 @@ fn kvm_failed_marker() -> Option<PathBuf> {
     Some(cache.entry(&format!("kvm-failed-{}", boot_id.trim())))
 }
 
-fn remember_kvm_failed(marker: Option<&Path>) {
-    let Some(marker) = marker else { return };
+/// Whether to try KVM under `accel`: `/dev/kvm` opens and, under `auto`, KVM
+/// has not failed since this host booted (see [`remember_kvm_failed`]).
+pub fn kvm_usable(accel: AccelChoice) -> bool {
+    if !kvm_opens() {
+        return false;
+    }
+    let marker = kvm_failed_marker();
+    let failed_before = marker.as_deref().is_some_and(Path::exists);
+    if failed_before && accel == AccelChoice::Auto {
+        tracing::debug!(?marker, "KVM failed earlier since this host booted: TCG");
+        return false;
+    }
+    true
+}
+
+/// Notes that KVM failed where TCG then worked, so that later `--accel auto`
+/// runs (builders and `nixdisk boot`) start with TCG until the host reboots.
+pub fn remember_kvm_failed() {
+    let Some(marker) = kvm_failed_marker() else {
+        return;
+    };
     let written = marker
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(marker, b"KVM did not start a builder VM\n"));
+        .and_then(|()| std::fs::write(&marker, b"KVM did not work on this host\n"));
     match written {
         Ok(()) => tracing::info!(
             marker = %marker.display(),
