@@ -7,7 +7,11 @@
 //!
 //! The conversation:
 //! 1. The agent sends [`Hello`] first. The host checks
-//!    [`Hello::protocol_version`] against [`PROTOCOL_VERSION`].
+//!    [`Hello::protocol_version`] against [`PROTOCOL_VERSION`]. Startup
+//!    reports follow ([`AgentMessage::Log`] warnings; a failure as an
+//!    [`AgentMessage::Error`] without `id`, after which the agent powers off),
+//!    then [`AgentMessage::Ready`]: the host waits for it instead of guessing
+//!    when the reports are over.
 //! 2. The host sends requests ([`HostMessage`]), each with a fresh `id`
 //!    (non-zero, never reused). The agent handles them one at a time, in order.
 //! 3. Each request ends with exactly one final reply carrying its `id`:

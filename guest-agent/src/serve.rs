@@ -138,8 +138,8 @@ pub fn receive_stream(
     }
 }
 
-/// Sends `hello` and the startup problems, then serves requests until the host
-/// powers off or goes away.
+/// Sends `hello`, the startup problems and, when none was fatal, `ready`;
+/// then serves requests until the host powers off or goes away.
 pub fn serve(
     mut receiver: Receiver,
     sender: Sender,
@@ -166,6 +166,7 @@ pub fn serve(
             std::process::exit(1);
         }
     }
+    sender.send(&AgentMessage::Ready)?;
     loop {
         let request = match receiver.next()? {
             None => return Ok(Outcome::HostGone),

@@ -41,6 +41,10 @@ impl Agent {
             }
             other => panic!("expected hello, got {other:?}"),
         }
+        match agent.receive() {
+            Frame::Control(AgentMessage::Ready) => {}
+            other => panic!("expected ready, got {other:?}"),
+        }
         agent
     }
 

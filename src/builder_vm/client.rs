@@ -25,10 +25,6 @@ pub use nixdisk_agent::protocol::OutputStream;
 /// blaming the agent alone.
 const DEATH_GRACE: Duration = Duration::from_secs(3);
 
-/// How long the agent may stay quiet after hello before we take it that no
-/// startup report follows.
-const STARTUP_QUIET: Duration = Duration::from_millis(300);
-
 /// The result of a bulk transfer, as both sides agreed on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transfer {
@@ -117,14 +113,27 @@ impl AgentClient {
                 ))));
             }
         }
-        // Startup problems follow hello at once: take what comes until the
-        // agent goes quiet, and surface a fatal one now rather than at the
-        // first request.
-        while let Ok(result) = tokio::time::timeout(STARTUP_QUIET, client.fill()).await {
-            result.map_err(HandshakeError::Fatal)?;
+        // Startup reports come between hello and ready: surface a fatal one
+        // now rather than at the first request.
+        loop {
             client.take_agent_failure().map_err(HandshakeError::Fatal)?;
+            if let Some(at) = client
+                .pending
+                .iter()
+                .position(|frame| matches!(frame, Frame::Control(AgentMessage::Ready)))
+            {
+                client.pending.remove(at);
+                return Ok(client);
+            }
+            match tokio::time::timeout_at(deadline, client.fill()).await {
+                Err(_) => {
+                    return Err(HandshakeError::Fatal(Error::Protocol(
+                        "the agent said hello but never that it was ready".into(),
+                    )));
+                }
+                Ok(result) => result.map_err(HandshakeError::Fatal)?,
+            }
         }
-        Ok(client)
     }
 
     /// The agent's hello.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The protocol version; the host refuses an agent that speaks another one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// How the agent talks to the host. Written on the kernel command line as
 /// `nixdisk.transport=<this>` and echoed back in [`Hello`].
@@ -265,6 +265,9 @@ impl HostMessage {
 pub enum AgentMessage {
     /// The first message of the agent.
     Hello(Hello),
+    /// The agent started: every startup report (warnings, a failure) came
+    /// between [`AgentMessage::Hello`] and this. Requests may follow.
+    Ready,
     /// Output of a running command.
     Output(Output),
     /// A command ended.

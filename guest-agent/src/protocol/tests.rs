@@ -48,8 +48,10 @@ fn hello_json_names_the_transport() {
     let json = serde_json::to_string(&hello()).unwrap();
     assert_eq!(
         json,
-        r#"{"type":"hello","protocol_version":1,"agent_version":"0.1.0","kernel_release":"6.1.0-56-amd64","transport":{"kind":"vsock","port":7000}}"#
+        r#"{"type":"hello","protocol_version":2,"agent_version":"0.1.0","kernel_release":"6.1.0-56-amd64","transport":{"kind":"vsock","port":7000}}"#
     );
+    let ready = serde_json::to_string(&AgentMessage::Ready).unwrap();
+    assert_eq!(ready, r#"{"type":"ready"}"#);
 }
 
 #[test]
@@ -246,6 +248,7 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
             .prop_map(|(id, bytes, sha256)| AgentMessage::Written { id, bytes, sha256 }),
         end().prop_map(AgentMessage::End),
         any::<u64>().prop_map(|id| AgentMessage::Done { id }),
+        Just(AgentMessage::Ready),
         (
             any::<u64>(),
             text(),
