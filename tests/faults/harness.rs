@@ -187,15 +187,21 @@ impl Build {
     }
 
     /// Waits for nixdisk to end, at most [`END_LIMIT`] from now.
-    pub fn end(mut self) -> Ended {
+    pub fn end(self) -> Ended {
+        self.end_within(END_LIMIT)
+    }
+
+    /// Waits for nixdisk to end, at most `limit` from now (a fault the
+    /// build runs into itself, after the VM start).
+    pub fn end_within(mut self, limit: Duration) -> Ended {
         let since = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 break status;
             }
             assert!(
-                since.elapsed() < END_LIMIT,
-                "nixdisk did not end within {END_LIMIT:?}:\n{}",
+                since.elapsed() < limit,
+                "nixdisk did not end within {limit:?}:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -346,5 +352,71 @@ pub fn assert_gone(pid: u32, what: &str) {
     while process_alive(pid) {
         assert!(Instant::now() < deadline, "{what} (pid {pid}) still runs");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A host tool held by its shim until the test releases it.
+pub struct Held {
+    started: PathBuf,
+    release: PathBuf,
+}
+
+/// Puts a shim for `tool` in the scope's `bin` that says when it started
+/// and waits (up to a minute, naming the scope so a survivor is seen) until
+/// [`Held::release`], then runs the real tool: the test changes the world
+/// at an exact point of the build instead of racing it.
+pub fn hold_tool_until_released(scope: &Path, tool: &str) -> Held {
+    let real = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .expect("sh runs");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_owned();
+    assert!(!real.is_empty(), "{tool} is installed");
+    let held = Held {
+        started: scope.join(format!("{tool}.held")),
+        release: scope.join(format!("{tool}.release")),
+    };
+    let shim: PathBuf = scope.join("bin").join(tool);
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\n: >'{}'\nn=0\nwhile [ ! -e '{}' ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done\nexec {real} \"$@\"\n",
+            held.started.display(),
+            held.release.display()
+        ),
+    )
+    .expect("the shim is written");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    held
+}
+
+impl Held {
+    /// Waits until the build runs the tool (the shim holds it).
+    pub fn wait(&self, build: &mut Build, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.started.exists() {
+            if let Ok(Some(status)) = build.child.try_wait() {
+                panic!(
+                    "nixdisk ended ({status}) before the held tool ran:\n{}",
+                    build.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the held tool did not run within {timeout:?}:\n{}",
+                build.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "the held tool runs after {:.1} s",
+            build.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Lets the real tool run.
+    pub fn release(&self) {
+        std::fs::write(&self.release, "").expect("the release file");
     }
 }
