@@ -252,7 +252,12 @@ impl Ended {
         let errors = self.stderr.matches("\nerror:").count()
             + usize::from(self.stderr.starts_with("error:"));
         assert_eq!(errors, 1, "exactly one error:\n{}", self.stderr);
-        let at = self.stderr.find("error:").expect("an error");
+        // At the start of a line: a guest's output, logged with -v, may say
+        // `error:` mid-line.
+        let at = match self.stderr.starts_with("error:") {
+            true => 0,
+            false => self.stderr.find("\nerror:").expect("an error") + 1,
+        };
         self.stderr[at..].to_owned()
     }
 
