@@ -8,6 +8,11 @@
 //! Host phases are held in place by a shim of the tool they run (the real
 //! tool runs after it), so a signal lands in the phase named; VM phases are
 //! caught by nixdisk's own `-v` log lines. One build at a time.
+//!
+//! Full images take two paths: an ext root (the default) is made on the
+//! host with `mke2fs -d` while the builder VM starts, a btrfs root is made
+//! and filled in the guest. Faults of the guest's copy run on btrfs; faults
+//! of the host's root hold `unshare` until the test has changed the store.
 
 mod support;
 

@@ -333,6 +333,15 @@ fn loop_devices_over(dir: &Path) -> Vec<String> {
 /// current phase for up to a minute (with a process that names the scope,
 /// so a survivor is seen), then runs the real tool.
 pub fn hold_tool(scope: &Path, tool: &str) {
+    // Everything stays in the shim's process group (no `timeout`, which
+    // makes its own): nixdisk must kill all of it.
+    write_shim(scope, tool, |real| {
+        format!("tail -f \"$0\" >/dev/null &\nsleep 60\nkill $!\nexec {real} \"$@\"\n")
+    });
+}
+
+/// Writes the scope's shim for `tool`: `#!/bin/sh` and `body(real tool)`.
+fn write_shim(scope: &Path, tool: &str, body: impl FnOnce(&str) -> String) {
     let real = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
@@ -340,13 +349,7 @@ pub fn hold_tool(scope: &Path, tool: &str) {
     let real = String::from_utf8_lossy(&real.stdout).trim().to_owned();
     assert!(!real.is_empty(), "{tool} is installed");
     let shim: PathBuf = scope.join("bin").join(tool);
-    std::fs::write(
-        &shim,
-        // Everything stays in the shim's process group (no `timeout`, which
-        // makes its own): nixdisk must kill all of it.
-        format!("#!/bin/sh\ntail -f \"$0\" >/dev/null &\nsleep 60\nkill $!\nexec {real} \"$@\"\n"),
-    )
-    .expect("the shim is written");
+    std::fs::write(&shim, format!("#!/bin/sh\n{}", body(&real))).expect("the shim is written");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
@@ -371,28 +374,17 @@ pub struct Held {
 /// [`Held::release`], then runs the real tool: the test changes the world
 /// at an exact point of the build instead of racing it.
 pub fn hold_tool_until_released(scope: &Path, tool: &str) -> Held {
-    let real = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .expect("sh runs");
-    let real = String::from_utf8_lossy(&real.stdout).trim().to_owned();
-    assert!(!real.is_empty(), "{tool} is installed");
     let held = Held {
         started: scope.join(format!("{tool}.held")),
         release: scope.join(format!("{tool}.release")),
     };
-    let shim: PathBuf = scope.join("bin").join(tool);
-    std::fs::write(
-        &shim,
+    write_shim(scope, tool, |real| {
         format!(
-            "#!/bin/sh\n: >'{}'\nn=0\nwhile [ ! -e '{}' ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done\nexec {real} \"$@\"\n",
+            ": >'{}'\nn=0\nwhile [ ! -e '{}' ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done\nexec {real} \"$@\"\n",
             held.started.display(),
             held.release.display()
-        ),
-    )
-    .expect("the shim is written");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        )
+    });
     held
 }
 

@@ -12,6 +12,7 @@ use std::thread::{Scope, ScopedJoinHandle};
 use uuid::Uuid;
 
 use super::FullImageError;
+use crate::builder_vm::{BuilderVm, BuilderVmConfig};
 use crate::closure::Closure;
 use crate::layout::{self, PartitionTable};
 use crate::sizing::FsSize;
@@ -105,6 +106,39 @@ impl<'scope> RootJob<'scope> {
     pub fn join(self) -> Result<(), FullImageError> {
         tokio::task::block_in_place(|| self.handle.join())
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+/// Starts the builder VM while `root` is made on the host, and waits for
+/// both. A root that fails first ends the start at once (dropping it kills
+/// QEMU and the daemon and removes the run directory); a start that ends
+/// first still waits for the root, so no mke2fs is left writing the image.
+pub async fn start_alongside(
+    config: &BuilderVmConfig,
+    root: Option<RootJob<'_>>,
+) -> Result<BuilderVm, FullImageError> {
+    let Some(mut root) = root else {
+        return BuilderVm::start(config)
+            .await
+            .map_err(super::vm_error("starting"));
+    };
+    let start = BuilderVm::start(config);
+    tokio::pin!(start);
+    let started = tokio::select! {
+        vm = &mut start => Some(vm),
+        () = root.finished() => None,
+    };
+    let made = root.join();
+    match started {
+        Some(vm) => {
+            let vm = vm.map_err(super::vm_error("starting"))?;
+            made?;
+            Ok(vm)
+        }
+        None => {
+            made?;
+            start.await.map_err(super::vm_error("starting"))
+        }
     }
 }
 

@@ -430,7 +430,7 @@ async fn run_in_vm(
     } else {
         "starting the builder VM"
     });
-    let vm = start_alongside(&config, root).await;
+    let vm = host_root::start_alongside(&config, root).await;
     spinner.finish_and_clear();
     let mut vm = vm?;
     crate::timings::record("builder VM start", vm.startup_time(), None);
@@ -485,37 +485,6 @@ async fn run_in_vm(
     .map_err(vm_error("powering off"))?;
     crate::timings::record("builder VM power off", stopping.elapsed(), None);
     Ok(())
-}
-
-/// Starts the builder VM while `root` is made on the host, and waits for
-/// both. A root that fails first ends the start at once (dropping it kills
-/// QEMU and the daemon and removes the run directory); a start that ends
-/// first still waits for the root, so no mke2fs is left writing the image.
-async fn start_alongside(
-    config: &BuilderVmConfig,
-    root: Option<host_root::RootJob<'_>>,
-) -> Result<BuilderVm, FullImageError> {
-    let Some(mut root) = root else {
-        return BuilderVm::start(config).await.map_err(vm_error("starting"));
-    };
-    let start = BuilderVm::start(config);
-    tokio::pin!(start);
-    let started = tokio::select! {
-        vm = &mut start => Some(vm),
-        () = root.finished() => None,
-    };
-    let made = root.join();
-    match started {
-        Some(vm) => {
-            let vm = vm.map_err(vm_error("starting"))?;
-            made?;
-            Ok(vm)
-        }
-        None => {
-            made?;
-            start.await.map_err(vm_error("starting"))
-        }
-    }
 }
 
 /// The error for a file the builder could not receive: out of memory when
