@@ -8,6 +8,11 @@
 //! Host phases are held in place by a shim of the tool they run (the real
 //! tool runs after it), so a signal lands in the phase named; VM phases are
 //! caught by nixdisk's own `-v` log lines. One build at a time.
+//!
+//! Full images take two paths: an ext root (the default) is made on the
+//! host with `mke2fs -d` while the builder VM starts, a btrfs root is made
+//! and filled in the guest. Faults of the guest's copy run on btrfs; faults
+//! of the host's root hold `unshare` until the test has changed the store.
 
 mod support;
 
@@ -18,7 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{Build, assert_gone, example_system, hold_tool, require_agent};
+use harness::{
+    Build, assert_gone, example_system, hold_tool, hold_tool_until_released, require_agent,
+};
 use rustix::process::Signal;
 
 /// How long a host phase may take to begin.
@@ -53,6 +60,15 @@ fn full(extra: &[&str]) -> Vec<String> {
         args.extend(["--partition-table", "none", "--no-bootloader"].map(String::from));
     }
     args.extend(["--additional-space", "32M", "--mem-size", "512"].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// A full image whose root the builder VM still makes and fills (btrfs, the
+/// cheaper of the two file systems without a host tool here): the closure
+/// is copied in the guest and the staged image root sent as a tar.
+fn guest_copy(extra: &[&str]) -> Vec<String> {
+    let mut args = full(&["--fs-type", "btrfs"]);
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -117,13 +133,31 @@ fn sigterm_during_the_closure_read() {
 
 #[test]
 fn ctrl_c_during_staging() {
-    // The second staging phase packs the image root with tar.
-    signal_in_host_phase(&full(&[]), &["tar"], "staging", 2, Signal::INT);
+    // The second staging phase packs the image root with tar, for a root
+    // the guest fills.
+    signal_in_host_phase(&guest_copy(&[]), &["tar"], "staging", 2, Signal::INT);
 }
 
 #[test]
 fn sigterm_during_staging() {
-    signal_in_host_phase(&full(&[]), &["tar"], "staging", 2, Signal::TERM);
+    signal_in_host_phase(&guest_copy(&[]), &["tar"], "staging", 2, Signal::TERM);
+}
+
+#[test]
+fn ctrl_c_while_the_host_makes_the_root() {
+    // An ext root is made on the host (unshare, then mke2fs -d) while the
+    // builder VM starts: the signal takes down both.
+    require_agent();
+    let scope = Build::new_scope();
+    let held = hold_tool_until_released(scope.path(), "unshare");
+    let mut build = Build::start_in(scope, &refs(&full(&[])));
+    held.wait(&mut build, VM);
+    build.signal(Signal::INT);
+    let ended = build.end();
+    ended.assert_failed_cleanly(130, &["interrupted by SIGINT during the builder VM phase"]);
+    if ended.stderr.contains("QEMU started pid=") {
+        assert_gone(ended.build.logged_pid("QEMU started pid"), "QEMU");
+    }
 }
 
 #[test]
@@ -218,7 +252,7 @@ fn sigterm_while_the_builder_vm_starts() {
 #[test]
 fn ctrl_c_during_the_closure_copy() {
     require_agent();
-    let mut build = Build::start(&refs(&full(&[])));
+    let mut build = Build::start(&refs(&guest_copy(&[])));
     build.wait_for(&step("copy the closure"), VM);
     let (qemu, daemon) = (build.logged_pid("qemu_pid"), build.logged_pid("daemon_pid"));
     build.signal(Signal::INT);
@@ -262,7 +296,7 @@ fn qemu_killed_at_hello() {
 #[test]
 fn qemu_killed_during_the_closure_copy() {
     kill_qemu_at(
-        &full(&[]),
+        &guest_copy(&[]),
         &step("copy the closure"),
         "running install step `copy the closure`",
     );
@@ -302,14 +336,18 @@ fn an_image_root_larger_than_the_builders_memory_fails_clearly() {
     let scope = Build::new_scope();
     let big = scope.path().join("big");
     let file = std::fs::File::create(&big).expect("the big file");
-    // 200 MiB of contents: the staged image root travels through the
-    // builder's memory (a tmpfs), which 256 MiB of memSize cannot hold.
+    // 200 MiB of contents: the staged image root of a root made in the
+    // guest travels through the builder's memory (a tmpfs), which 256 MiB
+    // of memSize cannot hold.
     file.set_len(200 << 20).expect("sized");
     let spec = scope.path().join("spec.json");
     let json = serde_json::json!({
         "system": example_system(),
         "partitionTableType": "none",
         "installBootLoader": false,
+        // An ext root is made on the host from the staged root; btrfs is
+        // made in the guest, from the tar.
+        "fsType": "btrfs",
         "memSize": 256,
         "additionalSpace": "32M",
         "contents": [{"source": big, "target": "/big"}],
@@ -372,11 +410,11 @@ impl Drop for StorePath {
 }
 
 #[test]
-fn a_store_path_vanishing_before_the_copy_fails_the_copy_step() {
+fn a_store_path_vanishing_before_the_guest_copy_fails_the_copy_step() {
     require_agent();
     let scope = Build::new_scope();
     let path = StorePath::add(scope.path(), "nixdisk-fault-vanish");
-    let args = full(&["--additional-path", &path.arg()]);
+    let args = guest_copy(&["--additional-path", &path.arg()]);
     let mut build = Build::start_in(scope, &refs(&args));
     build.wait_for("the agent said hello", VM);
     path.delete();
@@ -397,22 +435,74 @@ fn a_store_path_vanishing_before_the_copy_fails_the_copy_step() {
     );
 }
 
-#[test]
-fn a_fixed_disk_that_the_real_data_outgrows_fails_in_the_guest() {
+/// An ext root is made on the host while the builder VM starts: `unshare`
+/// (which bind-mounts the store paths for `mke2fs -d`) is held until the
+/// test has changed the store, then the build must fail in that phase with
+/// one error, the VM torn down and nothing left.
+fn host_root_fails_after(args: &[String], change: impl FnOnce(), needles: &[&str]) -> String {
     require_agent();
     let scope = Build::new_scope();
-    let path = StorePath::add(scope.path(), "nixdisk-fault-grow");
-    // The smallest fixed disk that fits the plan: from nixdisk's own hint.
+    let held = hold_tool_until_released(scope.path(), "unshare");
+    let mut build = Build::start_in(scope, &refs(args));
+    held.wait(&mut build, VM);
+    // Fail while the VM boots (before its agent says hello): the start
+    // must be cut short and QEMU killed.
+    build.wait_for("QEMU started", VM);
+    let qemu = build.logged_pid("QEMU started pid");
+    change();
+    held.release();
+    let ended = build.end();
+    let mut all = vec![
+        "could not make the root file system on the host",
+        "caused by: `unshare ",
+    ];
+    all.extend(needles);
+    ended.assert_failed_cleanly(1, &all);
+    // The builder VM started alongside: it must be gone with its run
+    // directory (in the scope's TMPDIR, checked above).
+    assert_gone(qemu, "QEMU");
+    ended.stderr.clone()
+}
+
+#[test]
+fn a_store_path_vanishing_before_the_host_makes_the_root_fails_that_phase() {
+    let scope = tempfile::tempdir().expect("a directory");
+    let path = StorePath::add(scope.path(), "nixdisk-fault-vanish-host");
+    let args = full(&["--additional-path", &path.arg()]);
+    let stderr = host_root_fails_after(
+        &args,
+        || {
+            path.delete();
+            assert!(
+                !path.0.exists(),
+                "nix-store --delete removed {}",
+                path.arg()
+            );
+        },
+        &[
+            "does not exist",
+            &path.arg(),
+            "hint: a store path of the closure vanished from the host's store",
+        ],
+    );
+    // mount fails at once, long before the guest boots: the start is cut
+    // short rather than waited out.
+    assert!(
+        !stderr.contains("the agent said hello"),
+        "the start was cut short:\n{stderr}"
+    );
+}
+
+/// The smallest fixed disk that fits the plan of `args`: from nixdisk's own
+/// hint when given a disk of 1 MiB.
+fn smallest_fixed_disk(args: &[String], scope: &Path) -> String {
+    let mut args = args.to_vec();
+    args.extend(["--disk-size", "1M"].map(String::from));
     let probe = Command::new(env!("CARGO_BIN_EXE_nixdisk"))
         .arg("build")
-        .args(full(&[
-            "--additional-path",
-            &path.arg(),
-            "--disk-size",
-            "1M",
-        ]))
+        .args(args)
         .arg("--out")
-        .arg(scope.path().join("outs/probe"))
+        .arg(scope.join("probe"))
         .output()
         .expect("nixdisk runs");
     let hint = String::from_utf8_lossy(&probe.stderr).into_owned();
@@ -424,24 +514,48 @@ fn a_fixed_disk_that_the_real_data_outgrows_fails_in_the_guest() {
         .next()
         .and_then(|n| n.parse().ok())
         .expect("a size in MiB");
-    let disk = format!("{}M", mib.ceil() as u64);
+    format!("{}M", mib.ceil() as u64)
+}
+
+#[test]
+fn a_fixed_disk_that_the_real_data_outgrows_fails_the_host_mke2fs() {
+    let scope = tempfile::tempdir().expect("a directory");
+    let path = StorePath::add(scope.path(), "nixdisk-fault-grow");
+    let plan = full(&["--additional-path", &path.arg()]);
+    let disk = smallest_fixed_disk(&plan, scope.path());
     let args = full(&["--additional-path", &path.arg(), "--disk-size", &disk]);
-    let mut build = Build::start_in(scope, &refs(&args));
-    build.wait_for("the agent said hello", VM);
-    // The data grows after planning: the disk fits the plan, not the data.
-    let data = path.0.join("data");
-    let mut grown = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&data)
-        .expect("the data");
-    std::io::Write::write_all(&mut grown, &vec![1u8; 96 << 20]).expect("grown");
-    drop(grown);
-    build.end().assert_failed_cleanly(
+    let _ = host_root_fails_after(
+        &args,
+        || {
+            // The data grows after planning: the disk fits the plan, not
+            // the data.
+            let mut grown = std::fs::OpenOptions::new()
+                .append(true)
+                .open(path.0.join("data"))
+                .expect("the data");
+            std::io::Write::write_all(&mut grown, &vec![1u8; 32 << 20]).expect("grown");
+        },
+        &[
+            "mke2fs",
+            "hint: the closure does not fit (did it change after planning?)",
+        ],
+    );
+}
+
+#[test]
+fn a_boot_partition_too_small_for_the_kernels_fails_in_the_guest() {
+    // The ESP ends at bootSize (8 MiB of it here); the bootloader copies the
+    // example system's kernel and initrd (12 MiB) onto it. Nothing checks
+    // that before the guest runs out of room.
+    require_agent();
+    let args = full(&["--partition-table", "efi", "--boot-size", "16M"]);
+    let build = Build::start(&refs(&args));
+    build.end_within(VM).assert_failed_cleanly(
         1,
         &[
-            "install step `copy the closure` failed in the builder VM",
+            "install step `install the bootloader` failed in the builder VM",
             "No space left on device",
-            "hint: the data outgrew the fixed diskSize",
+            "hint: the boot partition is full: bootSize 16",
             "--- guest console (last lines) ---",
         ],
     );
@@ -450,7 +564,7 @@ fn a_fixed_disk_that_the_real_data_outgrows_fails_in_the_guest() {
 #[test]
 fn sigkill_of_nixdisk_takes_qemu_and_the_daemon_along() {
     require_agent();
-    let mut build = Build::start(&refs(&full(&[])));
+    let mut build = Build::start(&refs(&guest_copy(&[])));
     build.wait_for(&step("copy the closure"), VM);
     let (qemu, daemon) = (build.logged_pid("qemu_pid"), build.logged_pid("daemon_pid"));
     build.signal(Signal::KILL);

@@ -168,7 +168,8 @@ pub enum StoreImageError {
     },
 }
 
-/// A hint for tool failures that mean "the disk is too small".
+/// A hint for tool failures that mean "the disk is too small" or "a store
+/// path is gone".
 fn space_hint(stderr: &str) -> &'static str {
     let full = [
         "No space left",
@@ -177,7 +178,13 @@ fn space_hint(stderr: &str) -> &'static str {
         "too small",
     ];
     if full.iter().any(|needle| stderr.contains(needle)) {
-        "\nhint: the closure does not fit; use diskSize = \"auto\" or a larger diskSize"
+        "\nhint: the closure does not fit (did it change after planning?); use diskSize = \"auto\" or a larger diskSize"
+    } else if stderr.contains("/nix/store/")
+        && (stderr.contains("does not exist") || stderr.contains("No such file"))
+    {
+        // mount's bind of a store directory, or the tool's own read.
+        "\nhint: a store path of the closure vanished from the host's store after planning \
+         (garbage-collected?): keep the system alive with a GC root while the image builds"
     } else {
         ""
     }

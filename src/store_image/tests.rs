@@ -188,6 +188,12 @@ fn other_file_systems_are_refused_with_the_allowed_ones() {
 fn tool_failures_about_space_get_a_hint() {
     assert!(space_hint("mke2fs: Could not allocate block in ext2 filesystem").contains("diskSize"));
     assert_eq!(space_hint("mke2fs: Bad magic number"), "");
+    let gone = "mount: /w/root/nix/store/abc-x: special device /nix/store/abc-x does not exist.";
+    assert!(
+        space_hint(gone).contains("vanished"),
+        "{}",
+        space_hint(gone)
+    );
 }
 
 #[test]

@@ -187,15 +187,21 @@ impl Build {
     }
 
     /// Waits for nixdisk to end, at most [`END_LIMIT`] from now.
-    pub fn end(mut self) -> Ended {
+    pub fn end(self) -> Ended {
+        self.end_within(END_LIMIT)
+    }
+
+    /// Waits for nixdisk to end, at most `limit` from now (a fault the
+    /// build runs into itself, after the VM start).
+    pub fn end_within(mut self, limit: Duration) -> Ended {
         let since = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 break status;
             }
             assert!(
-                since.elapsed() < END_LIMIT,
-                "nixdisk did not end within {END_LIMIT:?}:\n{}",
+                since.elapsed() < limit,
+                "nixdisk did not end within {limit:?}:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -246,7 +252,12 @@ impl Ended {
         let errors = self.stderr.matches("\nerror:").count()
             + usize::from(self.stderr.starts_with("error:"));
         assert_eq!(errors, 1, "exactly one error:\n{}", self.stderr);
-        let at = self.stderr.find("error:").expect("an error");
+        // At the start of a line: a guest's output, logged with -v, may say
+        // `error:` mid-line.
+        let at = match self.stderr.starts_with("error:") {
+            true => 0,
+            false => self.stderr.find("\nerror:").expect("an error") + 1,
+        };
         self.stderr[at..].to_owned()
     }
 
@@ -322,6 +333,15 @@ fn loop_devices_over(dir: &Path) -> Vec<String> {
 /// current phase for up to a minute (with a process that names the scope,
 /// so a survivor is seen), then runs the real tool.
 pub fn hold_tool(scope: &Path, tool: &str) {
+    // Everything stays in the shim's process group (no `timeout`, which
+    // makes its own): nixdisk must kill all of it.
+    write_shim(scope, tool, |real| {
+        format!("tail -f \"$0\" >/dev/null &\nsleep 60\nkill $!\nexec {real} \"$@\"\n")
+    });
+}
+
+/// Writes the scope's shim for `tool`: `#!/bin/sh` and `body(real tool)`.
+fn write_shim(scope: &Path, tool: &str, body: impl FnOnce(&str) -> String) {
     let real = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
@@ -329,13 +349,7 @@ pub fn hold_tool(scope: &Path, tool: &str) {
     let real = String::from_utf8_lossy(&real.stdout).trim().to_owned();
     assert!(!real.is_empty(), "{tool} is installed");
     let shim: PathBuf = scope.join("bin").join(tool);
-    std::fs::write(
-        &shim,
-        // Everything stays in the shim's process group (no `timeout`, which
-        // makes its own): nixdisk must kill all of it.
-        format!("#!/bin/sh\ntail -f \"$0\" >/dev/null &\nsleep 60\nkill $!\nexec {real} \"$@\"\n"),
-    )
-    .expect("the shim is written");
+    std::fs::write(&shim, format!("#!/bin/sh\n{}", body(&real))).expect("the shim is written");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
@@ -346,5 +360,60 @@ pub fn assert_gone(pid: u32, what: &str) {
     while process_alive(pid) {
         assert!(Instant::now() < deadline, "{what} (pid {pid}) still runs");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A host tool held by its shim until the test releases it.
+pub struct Held {
+    started: PathBuf,
+    release: PathBuf,
+}
+
+/// Puts a shim for `tool` in the scope's `bin` that says when it started
+/// and waits (up to a minute, naming the scope so a survivor is seen) until
+/// [`Held::release`], then runs the real tool: the test changes the world
+/// at an exact point of the build instead of racing it.
+pub fn hold_tool_until_released(scope: &Path, tool: &str) -> Held {
+    let held = Held {
+        started: scope.join(format!("{tool}.held")),
+        release: scope.join(format!("{tool}.release")),
+    };
+    write_shim(scope, tool, |real| {
+        format!(
+            ": >'{}'\nn=0\nwhile [ ! -e '{}' ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done\nexec {real} \"$@\"\n",
+            held.started.display(),
+            held.release.display()
+        )
+    });
+    held
+}
+
+impl Held {
+    /// Waits until the build runs the tool (the shim holds it).
+    pub fn wait(&self, build: &mut Build, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.started.exists() {
+            if let Ok(Some(status)) = build.child.try_wait() {
+                panic!(
+                    "nixdisk ended ({status}) before the held tool ran:\n{}",
+                    build.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the held tool did not run within {timeout:?}:\n{}",
+                build.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "the held tool runs after {:.1} s",
+            build.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Lets the real tool run.
+    pub fn release(&self) {
+        std::fs::write(&self.release, "").expect("the release file");
     }
 }

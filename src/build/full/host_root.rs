@@ -7,10 +7,12 @@
 //! Other file systems (btrfs, xfs) have no such tool here: the guest copies.
 
 use std::path::Path;
+use std::thread::{Scope, ScopedJoinHandle};
 
 use uuid::Uuid;
 
 use super::FullImageError;
+use crate::builder_vm::{BuilderVm, BuilderVmConfig};
 use crate::closure::Closure;
 use crate::layout::{self, PartitionTable};
 use crate::sizing::FsSize;
@@ -70,6 +72,74 @@ pub fn make_root_fs(
     let options = root_fs_options(spec, &size.mkfs_options, staging)?;
     store_image::build_store_fs(&paths, &options, raw, root_region(table))?;
     Ok(())
+}
+
+/// The root file system being made on a thread of its own while the builder
+/// VM starts.
+pub struct RootJob<'scope> {
+    handle: ScopedJoinHandle<'scope, Result<(), FullImageError>>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl<'scope> RootJob<'scope> {
+    /// Runs `make` on a thread of `scope`.
+    pub fn spawn<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        make: impl FnOnce() -> Result<(), FullImageError> + Send + 'scope,
+    ) -> RootJob<'scope> {
+        let (tx, done) = tokio::sync::oneshot::channel();
+        let handle = scope.spawn(move || {
+            let made = make();
+            // Dropped unsent on a panic, which also wakes the waiter.
+            let _ = tx.send(());
+            made
+        });
+        RootJob { handle, done }
+    }
+
+    /// Resolves when the thread has ended (or is ending, on a panic).
+    pub async fn finished(&mut self) {
+        let _ = (&mut self.done).await;
+    }
+
+    /// The thread's result (waiting for it; a panic carries on here).
+    pub fn join(self) -> Result<(), FullImageError> {
+        tokio::task::block_in_place(|| self.handle.join())
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+/// Starts the builder VM while `root` is made on the host, and waits for
+/// both. A root that fails first ends the start at once (dropping it kills
+/// QEMU and the daemon and removes the run directory); a start that ends
+/// first still waits for the root, so no mke2fs is left writing the image.
+pub async fn start_alongside(
+    config: &BuilderVmConfig,
+    root: Option<RootJob<'_>>,
+) -> Result<BuilderVm, FullImageError> {
+    let Some(mut root) = root else {
+        return BuilderVm::start(config)
+            .await
+            .map_err(super::vm_error("starting"));
+    };
+    let start = BuilderVm::start(config);
+    tokio::pin!(start);
+    let started = tokio::select! {
+        vm = &mut start => Some(vm),
+        () = root.finished() => None,
+    };
+    let made = root.join();
+    match started {
+        Some(vm) => {
+            let vm = vm.map_err(super::vm_error("starting"))?;
+            made?;
+            Ok(vm)
+        }
+        None => {
+            made?;
+            start.await.map_err(super::vm_error("starting"))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::interrupt::{self, Interrupted, Phase};
 use crate::layout::{self, LayoutError, PartitionTable};
 use crate::qemu::{Disk, DiskFormat};
 use crate::sizing::{self, FsSize, SizingError, TreeStats};
-use crate::spec::{DiskSize, FsType, ImageSpec};
+use crate::spec::{ByteSize, DiskSize, FsType, ImageSpec};
 
 pub use host_root::makes_root_on_host;
 pub use steps::{Step, StepInputs, plan_steps};
@@ -58,7 +58,9 @@ pub enum FullImageError {
     #[error("could not stage the image's root")]
     Materialise(#[from] install::MaterialiseError),
     /// The root file system could not be made on the host.
-    #[error("could not make the root file system with the closure")]
+    #[error(
+        "could not make the root file system on the host (mke2fs -d of the closure and the image root, while the builder VM started)"
+    )]
     RootFs(#[from] crate::store_image::StoreImageError),
     /// Sizing failed.
     #[error("could not size the root file system")]
@@ -209,6 +211,11 @@ pub fn build(
         paths_file: paths_file.as_deref(),
         efi_vars: efi_vars.as_deref(),
         closure_bytes: closure.total_nar_size(),
+        boot_partition: table
+            .partitions
+            .iter()
+            .any(|p| p.role != layout::Role::Root && p.mount_point.is_some())
+            .then_some(spec.boot_size),
     };
     interrupt::enter(Phase::Vm)?;
     // The root file system is made while the builder VM boots: the guest
@@ -217,7 +224,7 @@ pub fn build(
     // directory removed) and kills the host's mke2fs, before this returns.
     std::thread::scope(|scope| {
         let root = root_on_host.then(|| {
-            scope.spawn(|| {
+            host_root::RootJob::spawn(scope, || {
                 let started = Instant::now();
                 let made = host_root::make_root_fs(spec, closure, &staging, raw, &table, &size);
                 crate::timings::record(
@@ -387,13 +394,16 @@ struct VmFiles<'a> {
     closure_bytes: u64,
     /// Where the OVMF variables go after the run (`touchEFIVars`).
     efi_vars: Option<&'a Path>,
+    /// bootSize, when the bootloader copies kernels onto a boot partition
+    /// of its own (an ESP, XBOOTLDR or /boot) rather than onto the root.
+    boot_partition: Option<ByteSize>,
 }
 
 async fn run_in_vm(
     spec: &ImageSpec,
     files: &VmFiles<'_>,
     steps: &[Step],
-    root: Option<std::thread::ScopedJoinHandle<'_, Result<(), FullImageError>>>,
+    root: Option<host_root::RootJob<'_>>,
 ) -> Result<(), FullImageError> {
     let config = BuilderVmConfig {
         firmware: if spec.touch_efi_vars {
@@ -420,19 +430,9 @@ async fn run_in_vm(
     } else {
         "starting the builder VM"
     });
-    let vm = BuilderVm::start(&config).await;
-    // Wait for the root (on the host) before the VM's result: a failed start
-    // must not leave mke2fs writing into the image.
-    let root_made = root.map(|handle| {
-        tokio::task::block_in_place(|| handle.join()).unwrap_or_else(|panic| {
-            std::panic::resume_unwind(panic);
-        })
-    });
+    let vm = host_root::start_alongside(&config, root).await;
     spinner.finish_and_clear();
-    let mut vm = vm.map_err(vm_error("starting"))?;
-    if let Some(made) = root_made {
-        made?;
-    }
+    let mut vm = vm?;
     crate::timings::record("builder VM start", vm.startup_time(), None);
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
@@ -462,7 +462,11 @@ async fn run_in_vm(
     for step in steps {
         bar.set_message(step.name);
         let started = Instant::now();
-        let hint = |output: &str| steps::failure_hint(output, spec.disk_size);
+        let space = match files.boot_partition {
+            Some(boot) if step.name == steps::BOOTLOADER_STEP => steps::Space::Boot(boot),
+            _ => steps::Space::Root(spec.disk_size),
+        };
+        let hint = |output: &str| steps::failure_hint(output, space);
         if let Err(error) = run_step(&mut vm, step, hint).await {
             bar.finish_and_clear();
             return Err(error);
@@ -526,7 +530,7 @@ pub(crate) async fn run_step(
     step: &Step,
     hint: impl FnOnce(&str) -> String,
 ) -> Result<Vec<u8>, FullImageError> {
-    tracing::debug!(step = step.name, "running step");
+    tracing::debug!(step = step.name, "running install step");
     let started = Instant::now();
     let mut output = Vec::new();
     let mut stdout = Vec::new();
@@ -542,7 +546,7 @@ pub(crate) async fn run_step(
             }
         })
         .await
-        .map_err(vm_error(&format!("running step `{}`", step.name)))?;
+        .map_err(vm_error(&format!("running install step `{}`", step.name)))?;
     if code != 0 {
         let output = crate::convert::stderr_tail(&output, 20);
         return Err(FullImageError::Step {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use crate::install::ChownOp;
 use crate::layout::{PartitionTable, Role, TableKind};
-use crate::spec::{DiskSize, FsType, ImageSpec};
+use crate::spec::{ByteSize, DiskSize, FsType, ImageSpec};
 
 /// The target disk as the builder VM sees it: the first virtio disk.
 pub const TARGET_DISK: &str = "/dev/vda";
@@ -53,6 +53,17 @@ pub struct StepInputs {
 
 /// The name of the step that copies the closure in the guest.
 pub const COPY_STEP: &str = "copy the closure";
+/// The name of the step that runs the system's bootloader installation.
+pub const BOOTLOADER_STEP: &str = "install the bootloader";
+
+/// Where a step writes, for the hint when it runs out of space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    /// The root file system, sized by diskSize.
+    Root(DiskSize),
+    /// A boot partition of its own, sized by bootSize.
+    Boot(ByteSize),
+}
 
 /// Quotes `text` for a POSIX shell.
 pub fn quote(text: &str) -> String {
@@ -105,7 +116,7 @@ pub fn plan_steps(spec: &ImageSpec, table: &PartitionTable, inputs: &StepInputs)
     };
     if spec.install_boot_loader {
         steps.push(Step {
-            name: "install the bootloader",
+            name: BOOTLOADER_STEP,
             script: bootloader_script(inputs),
         });
     }
@@ -302,8 +313,18 @@ fn chown_script(chowns: &[ChownOp]) -> String {
 
 /// A hint for a failed step, from what its output says; empty when none
 /// fits. Begins with a newline.
-pub fn failure_hint(output: &str, disk_size: DiskSize) -> String {
+pub fn failure_hint(output: &str, space: Space) -> String {
     if output.contains("No space left on device") {
+        let disk_size = match space {
+            Space::Boot(boot_size) => {
+                return format!(
+                    "\nhint: the boot partition is full: bootSize {boot_size} leaves too little room \
+                     for the kernels and initrds the bootloader copies onto it; raise bootSize \
+                     (--boot-size)"
+                );
+            }
+            Space::Root(disk_size) => disk_size,
+        };
         return match disk_size {
             DiskSize::Fixed(_) => "\nhint: the data outgrew the fixed diskSize (it changed after \
                                    planning, or the disk is too tight): use diskSize \"auto\", or a \

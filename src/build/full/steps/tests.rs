@@ -192,16 +192,28 @@ fn only_deterministic_ext4_is_mounted_without_delayed_allocation() {
 fn failed_steps_get_a_hint_from_their_output() {
     use crate::spec::ByteSize;
     let full = "cp: error writing '/mnt/root/nix/store/x/data': No space left on device";
-    let fixed = failure_hint(full, DiskSize::Fixed(ByteSize(64 << 20)));
+    let fixed = failure_hint(full, Space::Root(DiskSize::Fixed(ByteSize(64 << 20))));
     assert!(
         fixed.starts_with("\nhint: the data outgrew the fixed diskSize"),
         "{fixed}"
     );
-    let auto = failure_hint(full, DiskSize::Auto);
+    let auto = failure_hint(full, Space::Root(DiskSize::Auto));
     assert!(auto.contains("please report this"), "{auto}");
+    let boot = failure_hint(
+        "cp: write error: No space left on device",
+        Space::Boot(ByteSize(16 << 20)),
+    );
+    assert!(
+        boot.starts_with("\nhint: the boot partition is full: bootSize 16")
+            && boot.contains("--boot-size"),
+        "{boot}"
+    );
     let gone = "cp: cannot stat '/nix/store/abc-x': No such file or directory";
-    assert!(failure_hint(gone, DiskSize::Auto).contains("vanished"));
-    assert_eq!(failure_hint("mkfs.ext4: bad option", DiskSize::Auto), "");
+    assert!(failure_hint(gone, Space::Root(DiskSize::Auto)).contains("vanished"));
+    assert_eq!(
+        failure_hint("mkfs.ext4: bad option", Space::Root(DiskSize::Auto)),
+        ""
+    );
 }
 
 /// What the spec lets through to a script (labels and contents targets with
