@@ -491,15 +491,20 @@ async fn connect_agent(
 ) -> Result<AgentClient, Error> {
     loop {
         // A vsock connection exists only once the agent accepted it, and the
-        // agent says hello at once: one that stays silent is wedged (seen
-        // rarely under load), so give it up and connect again. A serial port
+        // agent says hello at once: a connection request or a connection that
+        // stays silent is wedged (seen rarely under load, the agent already
+        // listening), so give it up and connect again. A serial port
         // connects before the guest boots and waits for hello as it is.
         let attempt_deadline = match transport.kind() {
             TransportKind::VirtioSerial => deadline,
             _ => deadline.min(Instant::now() + VSOCK_HELLO_WAIT),
         };
-        match transport.connect().await {
-            Ok(stream) => {
+        // The connect itself is bounded too: vhost-device-vsock may take a
+        // CONNECT and never answer it (neither OK nor a close) when it came
+        // while the guest's vsock device was still being set up.
+        match tokio::time::timeout_at(attempt_deadline, transport.connect()).await {
+            Err(_) => tracing::debug!("no answer to the connection request; connecting again"),
+            Ok(Ok(stream)) => {
                 match AgentClient::handshake(stream, watch.clone(), attempt_deadline).await {
                     Ok(client) => return Ok(client),
                     Err(client::HandshakeError::Retry(reason)) => {
@@ -508,7 +513,7 @@ async fn connect_agent(
                     Err(client::HandshakeError::Fatal(e)) => return Err(e),
                 }
             }
-            Err(e) => tracing::trace!("agent not reachable yet: {e}"),
+            Ok(Err(e)) => tracing::trace!("agent not reachable yet: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
