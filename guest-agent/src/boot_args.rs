@@ -28,6 +28,12 @@ use crate::protocol::{Transport, TransportParseError};
 /// The vsock port the agent listens on when the host names none.
 pub const DEFAULT_VSOCK_PORT: u32 = 7000;
 
+/// What the agent prints on the console when its vsock transport is up and
+/// it is about to listen. The host sends no connection request before this
+/// line: vhost-device-vsock can wedge on a request that arrives while the
+/// guest's vsock device is still being set up, and then answers none.
+pub const VSOCK_WAITING_MARKER: &str = "waiting for the host on vsock";
+
 /// The virtio-serial port name the agent opens when the host names none.
 pub const DEFAULT_SERIAL_PORT: &str = "org.nixdisk.agent";
 

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nixdisk_agent::boot_args::{DEFAULT_SERIAL_PORT, DEFAULT_VSOCK_PORT};
+use nixdisk_agent::boot_args::{DEFAULT_SERIAL_PORT, DEFAULT_VSOCK_PORT, VSOCK_WAITING_MARKER};
 use nixdisk_agent::protocol::Transport;
 
 use crate::system::{self, SystemError};
@@ -86,7 +86,7 @@ pub fn find_serial_device(root: &Path, name: &str) -> Option<PathBuf> {
 pub fn connect(transport: &Transport) -> Result<Connection, TransportError> {
     match transport {
         Transport::Vsock { port } => {
-            tracing::info!(port, "waiting for the host on vsock");
+            tracing::info!(port, "{VSOCK_WAITING_MARKER}");
             let socket = system::vsock_accept(*port)?;
             let reader = File::from(socket);
             let writer = reader.try_clone().map_err(|errno| {

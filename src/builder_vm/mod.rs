@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nixdisk_agent::boot_args::VSOCK_WAITING_MARKER;
 use nixdisk_firmware::FirmwareKind;
 use tokio::time::Instant;
 
@@ -499,6 +500,13 @@ async fn connect_agent(
             TransportKind::VirtioSerial => deadline,
             _ => deadline.min(Instant::now() + VSOCK_HELLO_WAIT),
         };
+        if transport.kind() != TransportKind::VirtioSerial
+            && !watch.console().contents().contains(VSOCK_WAITING_MARKER)
+        {
+            // Not before the agent's vsock is up: see VSOCK_WAITING_MARKER.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         // The connect itself is bounded too: vhost-device-vsock may take a
         // CONNECT and never answer it (neither OK nor a close) when it came
         // while the guest's vsock device was still being set up.
