@@ -164,10 +164,7 @@ async fn select_systemd_boot(
     let entry_error = |reason: String| BootError::Entry { entry: n, reason };
     let head_path = run.join("entry-head.raw");
     dd(qemu_img, overlay, 0, probe::HEAD_BYTES as u64, &head_path).await?;
-    let head = std::fs::read(&head_path).map_err(|source| BootError::Image {
-        path: head_path.clone(),
-        source,
-    })?;
+    let head = read(&head_path)?;
     let esp = esp_of(&head).ok_or_else(|| {
         entry_error("the image has no EFI system partition (only systemd-boot entries can be chosen so far)".into())
     })?;
@@ -284,10 +281,7 @@ pub(super) async fn write_back(
             source,
         }
     })?;
-    let bytes = std::fs::read(edited).map_err(|source| BootError::Image {
-        path: edited.to_owned(),
-        source,
-    })?;
+    let bytes = read(edited)?;
     let mut args: Vec<std::ffi::OsString> = vec!["-f".into(), "qcow2".into()];
     for (index, (offset, length)) in ranges.iter().enumerate() {
         let piece = run.join(&format!("chunk-{index}.bin"));
@@ -319,6 +313,14 @@ pub(super) async fn write_back(
 /// convert --image-opts`): `qemu-img dd` counts `count` from the start of
 /// the input rather than from `skip` in some QEMU versions (7.2), so a
 /// window read with it comes out short by its offset.
+/// Reads a file nixdisk copied out of the image, naming it on failure.
+pub(super) fn read(path: &Path) -> Result<Vec<u8>, BootError> {
+    std::fs::read(path).map_err(|source| BootError::Image {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 pub(super) async fn dd(
     qemu_img: &Path,
     image: &Path,

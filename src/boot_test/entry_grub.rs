@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 
 use super::BootError;
-use super::entry::{dd, mtool, write_back};
+use super::entry::{dd, mtool, read, write_back};
 use super::probe::{self, HEAD_BYTES};
 use super::run::tool;
 use crate::qemu::RunDir;
@@ -218,13 +218,6 @@ async fn debugfs(fs: &Path, write: bool, request: &str) -> Result<String, BootEr
     }
     args.extend(["-R".as_ref(), request.as_ref(), fs.as_os_str()]);
     tool(Path::new("debugfs"), &args).await
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, BootError> {
-    std::fs::read(path).map_err(|source| BootError::Image {
-        path: path.to_owned(),
-        source,
-    })
 }
 
 #[cfg(test)]
