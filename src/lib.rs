@@ -6,22 +6,20 @@
 //! image -> [`convert`] -> [`output`]. Store-only images take the short way
 //! through [`store_image`] with no VM.
 
-pub mod boot_command;
 pub mod boot_test;
-pub mod build;
 pub mod builder_vm;
 pub mod cli;
 pub mod closure;
 pub mod convert;
 pub mod flake;
 pub mod generation;
-pub mod generation_command;
 pub mod initramfs;
 pub mod install;
 pub mod interrupt;
 pub mod kernel;
 pub mod layout;
 pub mod output;
+pub mod pipeline;
 pub mod progress;
 pub mod qemu;
 pub mod sizing;
@@ -29,4 +27,3 @@ pub mod spec;
 pub mod store_image;
 pub mod timings;
 pub mod transport;
-pub mod vm_command;

@@ -373,13 +373,13 @@ fn vm_command_child() {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        args: nixdisk::vm_command::VmArgs,
+        args: nixdisk::cli::vm::VmArgs,
     }
     let Ok(args) = std::env::var(CHILD_ARGS) else {
         return;
     };
     let cli = Cli::parse_from(std::iter::once("nixdisk-vm").chain(args.lines()));
-    let code = match nixdisk::vm_command::run(cli.args) {
+    let code = match nixdisk::cli::vm::run(cli.args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("nixdisk vm: {e:#}");

@@ -144,7 +144,7 @@ pub enum GenerationError {
     },
     /// A step in the builder VM failed.
     #[error(transparent)]
-    Step(#[from] crate::build::FullImageError),
+    Step(#[from] crate::pipeline::FullImageError),
     /// The builder VM failed.
     #[error("the builder VM failed")]
     Vm(#[from] crate::builder_vm::Error),

@@ -7,10 +7,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::plan::{Change, PROFILES, link_name};
-use crate::build::steps::{
+use crate::layout::{PartitionTable, TableKind};
+use crate::pipeline::steps::{
     Step, StepInputs, TARGET_ROOT, bootloader_script, mount_boot_script, partition_device, quote,
 };
-use crate::layout::{PartitionTable, TableKind};
 
 /// The exit status of the mount step when the image holds no NixOS root.
 pub const NO_NIXOS_ROOT: i32 = 3;

@@ -10,10 +10,10 @@ use super::image::WorkingCopy;
 use super::plan::{self, Request};
 use super::store_db::ImageDb;
 use super::{BuilderSettings, GenerationError, Outcome, scripts};
-use crate::build::{FullImageError, run_step, steps::Step};
 use crate::builder_vm::{BuilderVm, BuilderVmConfig};
 use crate::closure::Closure;
 use crate::layout::PartitionTable;
+use crate::pipeline::{FullImageError, run_step, steps::Step};
 use crate::qemu::{Disk, DiskFormat};
 
 /// How long the builder VM may take to power off after the last step.
@@ -131,7 +131,7 @@ pub async fn change(
         .await?;
         steps.push(scripts::collect_garbage());
     }
-    steps.push(scripts::install_bootloader(crate::build::grub_devices()));
+    steps.push(scripts::install_bootloader(crate::pipeline::grub_devices()));
     steps.push(scripts::unmount());
 
     let bar = crate::progress::steps_bar(steps.len() as u64, "changing generations");

@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::boot_test::{AccelChoice, BootPlan, FirmwareChoice, boot_until};
+use crate::cli::vm::AccelArg;
 use crate::interrupt::Signals;
-use crate::vm_command::AccelArg;
 
 /// Firmware for `nixdisk boot --firmware`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -4,7 +4,10 @@
 //! it to the library. Errors leave as a [`CliError`] that knows its exit code:
 //! 2 for bad input or usage, 1 for a build that failed.
 
+pub mod add_generation;
+pub mod boot;
 mod flags;
+pub mod vm;
 
 pub use flags::{FLAG_FIELDS, SpecFlags, SystemSourceFlags, flag_for_field, with_defaults};
 
@@ -69,19 +72,19 @@ pub enum Command {
     ///
     /// Shows what the builder sees: `nixdisk vm -- ls /dev`, `nixdisk vm
     /// --firmware ovmf -- ls /sys/firmware/efi`.
-    Vm(crate::vm_command::VmArgs),
+    Vm(crate::cli::vm::VmArgs),
     /// Boot a disk image (any format nixdisk writes) and succeed when the
     /// console shows a text: the tool for bootloader tests.
     ///
     /// The image is never changed: the VM writes to a throwaway overlay.
-    Boot(crate::boot_command::BootArgs),
+    Boot(crate::cli::boot::BootArgs),
     /// Change the generations of an image: add a system as the next one,
     /// choose the default, remove generations and collect their store paths.
     ///
     /// Works on a copy beside the image in one builder VM run (the system's
     /// own bootloader installation runs again) and renames it over the image
     /// only when everything succeeded.
-    AddGeneration(crate::generation_command::AddGenerationArgs),
+    AddGeneration(crate::cli::add_generation::AddGenerationArgs),
 }
 
 /// `nixdisk build`.
@@ -239,16 +242,16 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Build(args) => build(&args).map(|()| 0),
         Command::Spec(args) => spec_command(&args).map(|()| 0),
-        Command::Vm(args) => crate::vm_command::run(crate::vm_command::VmArgs { verbose, ..args })
+        Command::Vm(args) => crate::cli::vm::run(crate::cli::vm::VmArgs { verbose, ..args })
             // Exit statuses are 0-255; a signal death is already 128 + n.
             .map(|code| u8::try_from(code).unwrap_or(1))
             .map_err(CliError::build_failure),
         Command::Boot(args) => {
-            crate::boot_command::run(crate::boot_command::BootArgs { verbose, ..args })
+            crate::cli::boot::run(crate::cli::boot::BootArgs { verbose, ..args })
                 .map(|code| u8::try_from(code).unwrap_or(1))
                 .map_err(CliError::build_failure)
         }
-        Command::AddGeneration(args) => crate::generation_command::run(&args).map(|()| 0),
+        Command::AddGeneration(args) => crate::cli::add_generation::run(&args).map(|()| 0),
     }
 }
 
@@ -262,7 +265,7 @@ fn build(args: &BuildArgs) -> Result<(), CliError> {
     let out = args.out.clone();
     let started = std::time::Instant::now();
     // Ctrl-C and SIGTERM stop the build in any phase: see crate::interrupt.
-    match crate::interrupt::run_interruptible(move || crate::build::run(&spec, &out)) {
+    match crate::interrupt::run_interruptible(move || crate::pipeline::run(&spec, &out)) {
         Ok(result) => result.map(|_| ()).map_err(CliError::build_failure)?,
         Err(crate::interrupt::InterruptError::Interrupted(interrupted)) => {
             return Err(CliError::interrupted(interrupted));

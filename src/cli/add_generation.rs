@@ -6,9 +6,9 @@ use clap::Args;
 
 use crate::builder_vm::AccelChoice;
 use crate::cli::CliError;
+use crate::cli::vm::AccelArg;
 use crate::generation::{self, BuilderSettings, GenerationError, Request};
 use crate::interrupt::InterruptError;
-use crate::vm_command::AccelArg;
 
 /// `nixdisk add-generation IMAGE [--system PATH] [--set-default N] [--remove N]...`.
 #[derive(Debug, Args)]
