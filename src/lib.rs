@@ -22,6 +22,7 @@ pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod qemu;
+pub mod reproducible;
 pub mod sizing;
 pub mod spec;
 pub mod store_image;

@@ -16,9 +16,10 @@ use uuid::Uuid;
 
 use super::{
     REGISTRATION_FILE, Region, StagingMode, StoreFsReport, StoreImageError, StoreImageOptions,
-    build_store_fs, ext4_times,
+    build_store_fs,
 };
 use crate::layout::{self, PartitionTable, TableKind};
+use crate::reproducible::ext4_inodes;
 use crate::sizing::{self, FsSize, TreeStats};
 use crate::spec::{DiskSize, FsType, ImageSpec};
 
@@ -106,7 +107,9 @@ pub fn build_store_disk(
     };
     let fs = build_store_fs(store_paths, &options, image, region)?;
     let free_bytes = match fs_type {
-        FsType::Ext2 | FsType::Ext3 | FsType::Ext4 => ext4_times::free_bytes(image, region.offset)?,
+        FsType::Ext2 | FsType::Ext3 | FsType::Ext4 => {
+            ext4_inodes::free_bytes(image, region.offset)?
+        }
         _ => region.size - fs.fs_bytes,
     };
     Ok(StoreDiskReport {

@@ -4,7 +4,7 @@
 //! - ext4 (ext2, ext3): `mke2fs -d` from a staged tree of hard links, written
 //!   straight into its region of the image (`-E offset=`); deterministic builds
 //!   fix the UUID, the directory hash seed and every timestamp (see
-//!   [`ext4_times`] for the ctimes and atimes mke2fs copies from the host).
+//!   [`crate::reproducible::ext4_inodes`] for the ctimes and atimes mke2fs copies from the host).
 //! - erofs (`mkfs.erofs`) and squashfs (`mksquashfs`, which takes the store
 //!   paths directly): built apart, then copied into the region.
 //!
@@ -16,7 +16,6 @@
 //! [`build_store_fs`] ties staging, plan and run together.
 
 pub mod disk;
-pub mod ext4_times;
 pub mod plan;
 pub mod run;
 pub mod staging;

@@ -106,7 +106,7 @@ pub enum Step {
     /// Run a tool.
     Run(ToolCommand),
     /// Set the ctime and atime of every inode of the ext file system at `offset` to
-    /// `timestamp` (see [`super::ext4_times`]).
+    /// `timestamp` (see [`crate::reproducible::ext4_inodes`]).
     FixExt4Times {
         /// The image.
         image: PathBuf,

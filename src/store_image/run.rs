@@ -5,9 +5,10 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::process::Command;
 
+use super::StoreImageError;
 use super::plan::{Region, Step, ToolCommand};
-use super::{StoreImageError, ext4_times};
 use crate::convert::{command_line, stderr_tail};
+use crate::reproducible::ext4_inodes;
 
 const STDERR_TAIL_LINES: usize = 20;
 
@@ -102,7 +103,7 @@ fn run_tool(command: &ToolCommand) -> Result<std::process::Output, StoreImageErr
 }
 
 fn fix_ext4_times(image: &Path, offset: u64, timestamp: u64) -> Result<(), StoreImageError> {
-    let inodes = ext4_times::used_inodes(image, offset)?;
+    let inodes = ext4_inodes::used_inodes(image, offset)?;
     let script_file = tempfile::NamedTempFile::new().map_err(|e| {
         io(
             "could not create a temporary file in",
@@ -112,7 +113,7 @@ fn fix_ext4_times(image: &Path, offset: u64, timestamp: u64) -> Result<(), Store
     })?;
     fs::write(
         script_file.path(),
-        ext4_times::times_script(&inodes, timestamp),
+        ext4_inodes::times_script(&inodes, timestamp),
     )
     .map_err(|e| io("could not write", script_file.path(), e))?;
     let device = format!("{}?offset={offset}", image.display());

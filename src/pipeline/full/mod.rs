@@ -6,10 +6,8 @@
 //! -> size -> partition table written into the raw image -> staging tree sent
 //! as a tar. Guest side: the scripts of [`steps`], one per phase.
 
-mod fat_times;
 mod host_root;
 pub(crate) mod steps;
-mod times;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +19,7 @@ use crate::install::{self, InstallError};
 use crate::interrupt::{self, Interrupted, Phase};
 use crate::layout::{self, LayoutError, PartitionTable};
 use crate::qemu::{Disk, DiskFormat};
+use crate::reproducible;
 use crate::sizing::{self, FsSize, SizingError, TreeStats};
 use crate::spec::{ByteSize, DiskSize, FsType, ImageSpec};
 
@@ -249,12 +248,12 @@ pub fn build(
             layout::TableKind::None => 0,
             _ => table.root().start,
         };
-        times::fix_ext4_times(raw, offset, work)?;
+        reproducible::ext4_root::fix_ext4_times(raw, offset, work)?;
     }
     if spec.deterministic {
         for partition in &table.partitions {
             if partition.role != layout::Role::Root && partition.fs_type == Some(FsType::Vfat) {
-                fat_times::fix_fat_times(raw, partition.start)?;
+                reproducible::fat::fix_fat_times(raw, partition.start)?;
             }
         }
         crate::timings::record("fixed times", fixing.elapsed(), None);

@@ -14,8 +14,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use super::FullImageError;
-use crate::store_image::ext4_times;
+use crate::pipeline::FullImageError;
+use crate::reproducible::ext4_inodes;
 
 /// The instant every time is set to: the store's canonical mtime.
 pub const FIXED_TIME: u64 = 1;
@@ -53,7 +53,7 @@ pub fn superblock_script(timestamp: u64) -> String {
 /// generations (directory and extent blocks: `e2fsck -fy`), then the
 /// superblock's.
 pub fn fix_ext4_times(raw: &Path, offset: u64, work: &Path) -> Result<(), FullImageError> {
-    let inodes = ext4_times::used_inodes(raw, offset).map_err(|e| FullImageError::Times {
+    let inodes = ext4_inodes::used_inodes(raw, offset).map_err(|e| FullImageError::Times {
         detail: e.to_string(),
     })?;
     let device = format!("{}?offset={offset}", raw.display());

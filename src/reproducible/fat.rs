@@ -11,7 +11,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::FullImageError;
+use crate::pipeline::FullImageError;
 
 /// 1980-01-01 as a FAT date (day 1, month 1, year 0).
 const FAT_EPOCH_DATE: u16 = (1 << 5) | 1;

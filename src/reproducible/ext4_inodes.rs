@@ -12,7 +12,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::StoreImageError;
+use crate::store_image::StoreImageError;
 
 const SUPERBLOCK_OFFSET: u64 = 1024;
 const EXT4_MAGIC: u16 = 0xEF53;

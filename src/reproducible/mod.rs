@@ -1,0 +1,14 @@
+//! The passes that make an image byte-reproducible after its file systems are
+//! written: the times (and random generations) a kernel or mke2fs stamps into
+//! ext4 inodes and FAT directory entries, the ext4 superblock's times and its
+//! journal, all set to fixed values on the host.
+//!
+//! - [`ext4_inodes`]: reads the ext4 inode bitmaps (which inodes are in use,
+//!   how much is free) and writes the debugfs script for store images.
+//! - [`ext4_root`]: a full image's ext4 root after the builder VM is gone
+//!   (inode times, checksums, an empty journal, superblock times).
+//! - [`fat`]: a full image's FAT partitions (ESP, XBOOTLDR, /boot).
+
+pub mod ext4_inodes;
+pub mod ext4_root;
+pub mod fat;
