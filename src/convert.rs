@@ -13,6 +13,7 @@ use std::process::Command;
 
 use thiserror::Error;
 
+use crate::host_tool::{command_line, stderr_tail};
 use crate::spec::ImageFormat;
 
 /// The program run for conversions.
@@ -163,23 +164,6 @@ fn run_qemu_img(args: &[OsString]) -> Result<(), ConvertError> {
     })
 }
 
-/// A command line as a user would type it (for messages, not for a shell).
-pub(crate) fn command_line(program: &str, args: &[OsString]) -> String {
-    let mut line = program.to_owned();
-    for arg in args {
-        line.push(' ');
-        line.push_str(&arg.to_string_lossy());
-    }
-    line
-}
-
-/// The last `lines` lines of a command's stderr, as text.
-pub(crate) fn stderr_tail(stderr: &[u8], lines: usize) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let all: Vec<&str> = text.trim_end().lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,12 +230,5 @@ mod tests {
             args(ImageFormat::Qcow2Zstd, false).join(" "),
             "convert -q -f raw -O qcow2 -c -o compression_type=zstd -W /t/nixos.raw /o/x"
         );
-    }
-
-    #[test]
-    fn stderr_tail_keeps_the_last_lines() {
-        assert_eq!(stderr_tail(b"a\nb\nc\n", 2), "b\nc");
-        assert_eq!(stderr_tail(b"only", 5), "only");
-        assert_eq!(stderr_tail(b"", 5), "");
     }
 }

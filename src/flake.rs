@@ -385,16 +385,9 @@ fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|word| {
             if word == APPLY {
-                return "<toplevel selector>".to_owned();
-            }
-            if !word.is_empty()
-                && word
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./:#=+@,".contains(c))
-            {
-                word.clone()
+                "<toplevel selector>".to_owned()
             } else {
-                format!("'{}'", word.replace('\'', r"'\''"))
+                crate::host_tool::quote(word)
             }
         })
         .collect::<Vec<_>>()

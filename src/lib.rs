@@ -13,6 +13,7 @@ pub mod closure;
 pub mod convert;
 pub mod flake;
 pub mod generation;
+pub mod host_tool;
 pub mod initramfs;
 pub mod install;
 pub mod interrupt;

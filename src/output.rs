@@ -15,7 +15,7 @@ use std::process::Command;
 use tempfile::TempDir;
 use thiserror::Error;
 
-use crate::convert::stderr_tail;
+use crate::host_tool::stderr_tail;
 use crate::spec::ImageFormat;
 
 /// Name of the EFI variables file written beside the image (`touchEFIVars`).

@@ -15,6 +15,7 @@ use super::matcher::{ConsoleLines, LineVerdict, judge};
 use super::probe::{self, BootPartitions, ImageFormat};
 use super::{BootError, BootOutcome, BootPlan, FirmwareChoice};
 use crate::builder_vm::{accel_attempts, kvm_usable, remember_kvm_failed};
+use crate::host_tool::shell_line;
 use crate::qemu::{Accel, ConsoleLog, DiskFormat, Firmware, Qmp, RunDir, Supervised, VmEvent};
 
 /// How long `--accel auto` gives KVM to show the text before retrying with
@@ -240,7 +241,7 @@ async fn attempt(
         qmp_socket: qmp_socket.clone(),
     };
     let args = config.args();
-    let shown = shell_words(&plan.qemu_binary, &args);
+    let shown = shell_line(&plan.qemu_binary, &args);
     if plan.stream_console {
         info!("QEMU command line: {shown}");
     } else {
@@ -333,7 +334,7 @@ fn read_from(path: &Path, offset: &mut u64) -> Vec<u8> {
 
 /// Runs a helper to completion; its stdout, or an error with its stderr.
 pub(super) async fn tool(program: &Path, args: &[&std::ffi::OsStr]) -> Result<String, BootError> {
-    let command = shell_words(program, args);
+    let command = shell_line(program, args);
     debug!("running {command}");
     let output = tokio::process::Command::new(program)
         .args(args)
@@ -356,23 +357,4 @@ pub(super) async fn tool(program: &Path, args: &[&std::ffi::OsStr]) -> Result<St
         });
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// A command line as one could paste it into a shell.
-fn shell_words<S: AsRef<std::ffi::OsStr>>(program: &Path, args: &[S]) -> String {
-    let quote = |s: &std::ffi::OsStr| {
-        let s = s.to_string_lossy();
-        if !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_=,./:@+".contains(c))
-        {
-            s.into_owned()
-        } else {
-            format!("'{}'", s.replace('\'', r"'\''"))
-        }
-    };
-    std::iter::once(quote(program.as_os_str()))
-        .chain(args.iter().map(|a| quote(a.as_ref())))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -124,7 +124,7 @@ fn image_format(image: &Path) -> Result<ImageFormat, String> {
         .output()
         .map_err(|e| format!("qemu-img cannot run: {e}"))?;
     if !output.status.success() {
-        return Err(crate::convert::stderr_tail(&output.stderr, 5));
+        return Err(crate::host_tool::stderr_tail(&output.stderr, 5));
     }
     let name = crate::boot_test::probe::format_from_info(&String::from_utf8_lossy(&output.stdout))?;
     ImageFormat::from_name(&name).ok_or_else(|| {
@@ -163,7 +163,7 @@ fn run_tool(cmd: &mut Command, what: &'static str) -> Result<(), GenerationError
         detail: format!(
             "{}: {}",
             output.status,
-            crate::convert::stderr_tail(&output.stderr, 10)
+            crate::host_tool::stderr_tail(&output.stderr, 10)
         ),
     })
 }

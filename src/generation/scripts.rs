@@ -7,9 +7,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::plan::{Change, PROFILES, link_name};
+use crate::host_tool::quote;
 use crate::layout::{PartitionTable, TableKind};
 use crate::pipeline::steps::{
-    Step, StepInputs, TARGET_ROOT, bootloader_script, mount_boot_script, partition_device, quote,
+    Step, StepInputs, TARGET_ROOT, bootloader_script, mount_boot_script, partition_device,
 };
 
 /// The exit status of the mount step when the image holds no NixOS root.

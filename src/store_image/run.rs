@@ -7,7 +7,7 @@ use std::process::Command;
 
 use super::StoreImageError;
 use super::plan::{Region, Step, ToolCommand};
-use crate::convert::{command_line, stderr_tail};
+use crate::host_tool::{command_line, stderr_tail};
 use crate::reproducible::ext4_inodes;
 
 const STDERR_TAIL_LINES: usize = 20;

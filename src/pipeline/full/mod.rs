@@ -547,7 +547,7 @@ pub(crate) async fn run_step(
         .await
         .map_err(vm_error(&format!("running install step `{}`", step.name)))?;
     if code != 0 {
-        let output = crate::convert::stderr_tail(&output, 20);
+        let output = crate::host_tool::stderr_tail(&output, 20);
         return Err(FullImageError::Step {
             step: step.name,
             status: format!("exit status {code}"),

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use crate::host_tool::quote;
 use crate::install::ChownOp;
 use crate::layout::{PartitionTable, Role, TableKind};
 use crate::spec::{ByteSize, DiskSize, FsType, ImageSpec};
@@ -63,19 +64,6 @@ pub enum Space {
     Root(DiskSize),
     /// A boot partition of its own, sized by bootSize.
     Boot(ByteSize),
-}
-
-/// Quotes `text` for a POSIX shell.
-pub fn quote(text: &str) -> String {
-    if !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
-    {
-        text.to_owned()
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
-    }
 }
 
 /// The device node of partition `number` (0: the whole disk).

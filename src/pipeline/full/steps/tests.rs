@@ -172,14 +172,6 @@ fn no_bootloader_step_without_install_boot_loader() {
 }
 
 #[test]
-fn quoting() {
-    assert_eq!(quote("/dev/vda"), "/dev/vda");
-    assert_eq!(quote("a b"), "'a b'");
-    assert_eq!(quote("it's"), r"'it'\''s'");
-    assert_eq!(quote(""), "''");
-}
-
-#[test]
 fn only_deterministic_ext4_is_mounted_without_delayed_allocation() {
     let mut spec = spec(PartitionTableType::None);
     spec.deterministic = false;
