@@ -12,7 +12,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::store_image::StoreImageError;
+use super::TimesError;
 
 const SUPERBLOCK_OFFSET: u64 = 1024;
 const EXT4_MAGIC: u16 = 0xEF53;
@@ -78,13 +78,13 @@ impl Geometry {
 /// The inodes in use that came from the source tree: the root and every
 /// inode from `first_ino` on, read from the inode bitmaps of the file system
 /// at `offset` in `image`.
-pub fn used_inodes(image: &Path, offset: u64) -> Result<Vec<u32>, StoreImageError> {
-    let bad = |reason: &str| StoreImageError::Ext4Read {
+pub fn used_inodes(image: &Path, offset: u64) -> Result<Vec<u32>, TimesError> {
+    let bad = |reason: &str| TimesError::Ext4Read {
         image: image.to_owned(),
         reason: reason.to_owned(),
     };
     let file = File::open(image).map_err(|e| bad(&e.to_string()))?;
-    let read = |at: u64, len: u64| -> Result<Vec<u8>, StoreImageError> {
+    let read = |at: u64, len: u64| -> Result<Vec<u8>, TimesError> {
         let mut buf = vec![0; len as usize];
         file.read_exact_at(&mut buf, offset + at)
             .map_err(|e| bad(&e.to_string()))?;
@@ -117,8 +117,8 @@ pub fn used_inodes(image: &Path, offset: u64) -> Result<Vec<u32>, StoreImageErro
 
 /// Free bytes of the ext file system at `offset` in `image` (its free block
 /// count times the block size, from the superblock).
-pub fn free_bytes(image: &Path, offset: u64) -> Result<u64, StoreImageError> {
-    let bad = |reason: &str| StoreImageError::Ext4Read {
+pub fn free_bytes(image: &Path, offset: u64) -> Result<u64, TimesError> {
+    let bad = |reason: &str| TimesError::Ext4Read {
         image: image.to_owned(),
         reason: reason.to_owned(),
     };

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use crate::pipeline::FullImageError;
+use super::TimesError;
 use crate::reproducible::ext4_inodes;
 
 /// The instant every time is set to: the store's canonical mtime.
@@ -52,8 +52,8 @@ pub fn superblock_script(timestamp: u64) -> String {
 /// inodes' (with debugfs), then the checksums that covered the old
 /// generations (directory and extent blocks: `e2fsck -fy`), then the
 /// superblock's.
-pub fn fix_ext4_times(raw: &Path, offset: u64, work: &Path) -> Result<(), FullImageError> {
-    let inodes = ext4_inodes::used_inodes(raw, offset).map_err(|e| FullImageError::Times {
+pub fn fix_ext4_times(raw: &Path, offset: u64, work: &Path) -> Result<(), TimesError> {
+    let inodes = ext4_inodes::used_inodes(raw, offset).map_err(|e| TimesError::Times {
         detail: e.to_string(),
     })?;
     let device = format!("{}?offset={offset}", raw.display());
@@ -67,7 +67,7 @@ pub fn fix_ext4_times(raw: &Path, offset: u64, work: &Path) -> Result<(), FullIm
     .map_err(super::io("could not run e2fsck on", raw))?;
     // 0: clean, 1: errors corrected (the checksums, as intended).
     if !matches!(output.status.code(), Some(0 | 1)) {
-        return Err(FullImageError::Times {
+        return Err(TimesError::Times {
             detail: format!(
                 "e2fsck -fy {device} ({}): {}",
                 output.status,
@@ -82,8 +82,8 @@ pub fn fix_ext4_times(raw: &Path, offset: u64, work: &Path) -> Result<(), FullIm
 /// Replaces the journal by an empty one of the same size: after a clean
 /// unmount its old transactions are dead, but they are still bytes that
 /// depend on when the guest committed.
-fn recreate_journal(device: &str, raw: &Path) -> Result<(), FullImageError> {
-    let tool = |program: &str, args: &[&str]| -> Result<String, FullImageError> {
+fn recreate_journal(device: &str, raw: &Path) -> Result<(), TimesError> {
+    let tool = |program: &str, args: &[&str]| -> Result<String, TimesError> {
         let output = crate::interrupt::run_output(
             Command::new(program)
                 .args(args)
@@ -92,7 +92,7 @@ fn recreate_journal(device: &str, raw: &Path) -> Result<(), FullImageError> {
         )
         .map_err(super::io("could not run e2fsprogs on", raw))?;
         if !output.status.success() {
-            return Err(FullImageError::Times {
+            return Err(TimesError::Times {
                 detail: format!(
                     "{program} {} {device} ({}): {}",
                     args.join(" "),
@@ -129,7 +129,7 @@ fn journal_kib(header: &str) -> Option<u64> {
     }
 }
 
-fn debugfs(device: &str, script: &str, work: &Path) -> Result<(), FullImageError> {
+fn debugfs(device: &str, script: &str, work: &Path) -> Result<(), TimesError> {
     let script_file = work.join("times.debugfs");
     std::fs::write(&script_file, script).map_err(super::io("could not write", &script_file))?;
     let output = crate::interrupt::run_output(
@@ -150,7 +150,7 @@ fn debugfs(device: &str, script: &str, work: &Path) -> Result<(), FullImageError
         .filter(|l| !l.starts_with("debugfs "))
         .collect();
     if !output.status.success() || !complaints.is_empty() {
-        return Err(FullImageError::Times {
+        return Err(TimesError::Times {
             detail: format!("debugfs -w {device}: {}", complaints.join("\n")),
         });
     }

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::pipeline::FullImageError;
+use super::TimesError;
 
 /// 1980-01-01 as a FAT date (day 1, month 1, year 0).
 const FAT_EPOCH_DATE: u16 = (1 << 5) | 1;
@@ -86,7 +86,7 @@ fn geometry(boot: &[u8]) -> Option<Geometry> {
 
 /// Sets every time of every entry in the FAT file system at byte `offset`
 /// of `raw` to the FAT epoch.
-pub fn fix_fat_times(raw: &Path, offset: u64) -> Result<(), FullImageError> {
+pub fn fix_fat_times(raw: &Path, offset: u64) -> Result<(), TimesError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -95,7 +95,7 @@ pub fn fix_fat_times(raw: &Path, offset: u64) -> Result<(), FullImageError> {
     let mut boot = [0u8; 512];
     file.read_exact_at(&mut boot, offset)
         .map_err(super::io("could not read", raw))?;
-    let geometry = geometry(&boot).ok_or_else(|| FullImageError::Times {
+    let geometry = geometry(&boot).ok_or_else(|| TimesError::Times {
         detail: format!("no FAT16/FAT32 boot sector at byte {offset}"),
     })?;
     let fat = Fat {
@@ -119,13 +119,13 @@ struct Fat<'a> {
 }
 
 impl Fat<'_> {
-    fn read(&self, at: u64, buf: &mut [u8]) -> Result<(), FullImageError> {
+    fn read(&self, at: u64, buf: &mut [u8]) -> Result<(), TimesError> {
         self.file
             .read_exact_at(buf, self.offset + at)
             .map_err(super::io("could not read", self.raw))
     }
 
-    fn next_cluster(&self, cluster: u32) -> Result<Option<u32>, FullImageError> {
+    fn next_cluster(&self, cluster: u32) -> Result<Option<u32>, TimesError> {
         let g = &self.geometry;
         let next = if g.fat32 {
             let mut b = [0u8; 4];
@@ -140,9 +140,9 @@ impl Fat<'_> {
         Ok((2..0x0FFF_FFF7).contains(&next).then_some(next))
     }
 
-    fn fix_chain(&self, first: u32, depth: u32) -> Result<(), FullImageError> {
+    fn fix_chain(&self, first: u32, depth: u32) -> Result<(), TimesError> {
         if depth > 64 {
-            return Err(FullImageError::Times {
+            return Err(TimesError::Times {
                 detail: "FAT directories nest deeper than 64 levels".into(),
             });
         }
@@ -157,7 +157,7 @@ impl Fat<'_> {
             cluster = self.next_cluster(c)?;
             seen += 1;
             if seen > 1 << 22 {
-                return Err(FullImageError::Times {
+                return Err(TimesError::Times {
                     detail: "a FAT cluster chain loops".into(),
                 });
             }
@@ -165,12 +165,12 @@ impl Fat<'_> {
         Ok(())
     }
 
-    fn fix_region(&self, start: u64, len: u64) -> Result<(), FullImageError> {
+    fn fix_region(&self, start: u64, len: u64) -> Result<(), TimesError> {
         self.fix_entries(start, len, 0).map(|_| ())
     }
 
     /// Fixes the entries in `len` bytes at `start`; false at the end marker.
-    fn fix_entries(&self, start: u64, len: u64, depth: u32) -> Result<bool, FullImageError> {
+    fn fix_entries(&self, start: u64, len: u64, depth: u32) -> Result<bool, TimesError> {
         let mut buf = vec![0u8; len as usize];
         self.read(start, &mut buf)?;
         let mut more = true;

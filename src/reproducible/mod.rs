@@ -12,3 +12,25 @@
 pub mod ext4_inodes;
 pub mod ext4_root;
 pub mod fat;
+
+use std::path::PathBuf;
+
+/// Why a reproducibility pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TimesError {
+    /// The ext file system just made could not be read back.
+    #[error("could not read the ext file system in {image}: {reason}")]
+    Ext4Read {
+        /// The image.
+        image: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The fixed times of a deterministic full image's file systems could
+    /// not be set.
+    #[error("could not set the fixed times of the root file system: {detail}")]
+    Times {
+        /// What went wrong.
+        detail: String,
+    },
+}

@@ -122,14 +122,10 @@ pub enum StoreImageError {
         /// The tail of its stderr.
         stderr: String,
     },
-    /// The ext file system just made could not be read back.
-    #[error("could not read the ext file system in {image}: {reason}")]
-    Ext4Read {
-        /// The image.
-        image: PathBuf,
-        /// What was wrong.
-        reason: String,
-    },
+    /// The ext file system just made could not be read back for its fixed
+    /// times.
+    #[error(transparent)]
+    Times(#[from] crate::reproducible::TimesError),
     /// The file system came out bigger than its region.
     #[error(
         "the file system needs {needed} bytes but its partition holds {} bytes\nhint: use diskSize = \"auto\" or a larger diskSize",

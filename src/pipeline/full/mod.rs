@@ -104,11 +104,8 @@ pub enum FullImageError {
         source: builder_vm::Error,
     },
     /// The fixed times of a deterministic ext4 root could not be set.
-    #[error("could not set the fixed times of the root file system: {detail}")]
-    Times {
-        /// What went wrong.
-        detail: String,
-    },
+    #[error(transparent)]
+    Times(#[from] crate::reproducible::TimesError),
     /// Ctrl-C or SIGTERM stopped the build.
     #[error(transparent)]
     Interrupted(#[from] Interrupted),
