@@ -13,7 +13,7 @@ pub mod ext4_inodes;
 pub mod ext4_root;
 pub mod fat;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Why a reproducibility pass failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,16 @@ pub enum TimesError {
         /// What was wrong.
         reason: String,
     },
+    /// A host-side file operation failed.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The fixed times of a deterministic full image's file systems could
     /// not be set.
     #[error("could not set the fixed times of the root file system: {detail}")]
@@ -33,4 +43,9 @@ pub enum TimesError {
         /// What went wrong.
         detail: String,
     },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TimesError {
+    let path = path.to_owned();
+    move |source| TimesError::Io { what, path, source }
 }

@@ -33,7 +33,7 @@ fn tree() -> FsSource {
 fn argv(step: &Step) -> (String, Vec<(&'static str, String)>) {
     match step {
         Step::Run(command) => (
-            crate::convert::command_line(command.program, &command.args),
+            crate::host_tool::command_line(command.program, &command.args),
             command.env.clone(),
         ),
         other => panic!("expected a command, got {other:?}"),
